@@ -1,0 +1,176 @@
+"""The figure scripts (Figs. 2, 4, 5, 6, 7) on tiny inputs, on the CPU."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pretrain.checkpoint import load_model
+from pretrain.model import SiameseNet
+from tools import fig2_target_stability as fig2
+from tools import fig4_cost as fig4
+from tools import fig5_views as fig5
+from tools import fig6_activations as fig6
+from tools import fig7_views as fig7
+from tools.plotting import UsageError, run_main
+
+REPO = Path(__file__).resolve().parents[2]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000  # a real plot, not an empty canvas
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(".")] == []  # no temp file left
+
+
+# ---------------------------------------------------------------------------------------------- Fig. 2
+def test_fig2_simulation_numbers():
+    n, dim = 8, 2048
+    sim = fig2.simulate(n=n, dim=dim, trials=600, seed=1)
+    k = np.arange(1, n + 1)
+    # first dimension of the K-view mean ~ N(0, 1/K)
+    std = sim["first_dim"].std(axis=0)
+    np.testing.assert_allclose(std, 1 / np.sqrt(k), rtol=0.12)
+    assert abs(sim["first_dim"].mean()) < 0.1
+    # distance to the all-views mean: strictly decreasing to 0, matching sqrt(d (1/K - 1/n))
+    d = sim["distance"]
+    assert np.all(np.diff(d) < 0) and d[-1] == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_allclose(d[:-1], np.sqrt(dim * (1 / k[:-1] - 1 / n)), rtol=0.02)
+    # K = 3 (FastSiam) is much closer than K = 1 (SimSiam)
+    assert d[2] < 0.6 * d[0]
+    # same seed, same numbers
+    np.testing.assert_array_equal(fig2.simulate(n=n, dim=64, trials=10, seed=3)["distance"],
+                                  fig2.simulate(n=n, dim=64, trials=10, seed=3)["distance"])
+
+
+def test_fig2_png_and_script(tmp_path):
+    out = tmp_path / "fig2.png"
+    p = subprocess.run([sys.executable, "tools/fig2_target_stability.py", "--views", "6", "--trials", "200",
+                        "--show-k", "1", "3", "--output", str(out)], cwd=REPO, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert_png(out)
+    bad = subprocess.run([sys.executable, "-m", "tools.fig2_target_stability", "--views", "4",
+                          "--show-k", "9"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------- Figs. 4, 5
+@pytest.fixture
+def ablation(tmp_path):
+    """Runs tree + pretraining dirs: SimSiam-like 2-view and FastSiam-like 3/4/6-view runs, 2 seeds each."""
+    runs, pre = tmp_path / "runs", tmp_path / "pretrain"
+    spec = {"ss50": (50, 2, 37.0), "ss100": (100, 2, 38.3), "fs10": (10, 4, 38.8), "fs25": (25, 4, 39.6),
+            "v3": (25, 3, 39.2), "v6": (25, 6, 39.8)}
+    for name, (epochs, views, ap) in spec.items():
+        (pre / name).mkdir(parents=True)
+        (pre / name / "config.yaml").write_text(f"arch: resnet50\nepochs: {epochs}\nnum_views: {views}\n"
+                                                f"batch_size: 32\n")
+        for k in range(2):
+            d = runs / name / "coco_R_50_FPN_1x" / f"seed{k}"
+            d.mkdir(parents=True)
+            (d / "results.json").write_text(json.dumps({"bbox": {"AP": ap + 0.2 * k}}))
+    d = runs / "imagenet" / "coco_R_50_FPN_1x" / "seed0"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"bbox": {"AP": 39.7}}))
+    return runs, {name: pre / name for name in spec}
+
+
+def test_fig4_cost_units_and_paper_points():
+    assert fig4.cost(25, 4) == 25 and fig4.cost(100, 2) == 50 and fig4.cost(10, 4) == 10
+    pts = {label: (c, v) for label, c, v in fig4.paper_points("coco_R_50_FPN_1x", "bbox", "AP")}
+    assert pts == {"SimSiam 100 ep (paper)": (50, 38.4), "FastSiam 10 ep (paper)": (10, 38.9),
+                   "FastSiam 25 ep (paper)": (25, 39.7)}
+    assert fig4.paper_points("keypoint_R_50_FPN_1x", "keypoints", "AP") == []  # the paper used 2x
+
+
+def test_fig4_png(ablation, tmp_path):
+    runs, pre = ablation
+    out = tmp_path / "fig4.png"
+    assert fig4.main([str(runs), "--pretrain", *(f"{n}={pre[n]}" for n in ("ss50", "ss100", "fs10", "fs25")),
+                      f"fs25_at_10={pre['fs25']}@10", "--output", str(out)]) == 0
+    assert_png(out)
+
+
+def test_fig5_png_and_errors(ablation, tmp_path):
+    runs, pre = ablation
+    out = tmp_path / "fig5.png"
+    assert fig5.main([str(runs), "--pretrain", *(f"{n}={pre[n]}" for n in ("ss50", "v3", "fs25", "v6")),
+                      "--output", str(out)]) == 0
+    assert_png(out)
+    with pytest.raises(UsageError, match="no pretraining config.yaml"):
+        fig5.main([str(runs), "--pretrain", f"x={tmp_path}", "--output", str(out)])
+    with pytest.raises(UsageError, match="none of the --pretrain names has results"):
+        fig5.main([str(runs), "--pretrain", f"v3={pre['v3']}", "--protocol", "cityscapes_R_50_FPN"])
+    with pytest.raises(SystemExit) as e:  # as the command line sees it: status 2
+        run_main(lambda: fig5.main([str(tmp_path / "nope"), "--pretrain", f"v3={pre['v3']}"]))
+    assert e.value.code == 2
+
+
+# ---------------------------------------------------------------------------------------------- Figs. 6, 7
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory):
+    """A tiny checkpoint.pth as pretrain/ writes it, the backbone as a torchvision state dict, two images."""
+    d = tmp_path_factory.mktemp("fig67")
+    torch.manual_seed(0)
+    m = SiameseNet(arch="resnet18", dim=64, pred_dim=16)
+    cfg = {"arch": "resnet18", "dim": 64, "pred_dim": 16, "cifar_stem": False, "image_size": 48,
+           "num_views": 4, "crop_scale_min": 0.2, "blur": False, "bn_mode": "per_view"}  # blur: slow on CPU
+    torch.save({"model": m.state_dict(), "optimizer": None, "scaler": None, "epoch": 1, "iteration": 5,
+                "config": cfg, "git": ""}, d / "checkpoint.pth")
+    tv = {**m.backbone.state_dict(), "fc.weight": torch.zeros(10, 512), "fc.bias": torch.zeros(10)}
+    torch.save(tv, d / "resnet18_torchvision.pth")
+    rng = np.random.default_rng(0)
+    images = []
+    for i in range(2):
+        a = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
+        a[10:40, 20:50] = (255, 40 * i, 0)
+        images.append(d / f"img{i}.png")
+        Image.fromarray(a).save(images[-1])
+    return d / "checkpoint.pth", d / "resnet18_torchvision.pth", images
+
+
+def test_fig6_backbones_maps_and_png(model_files, tmp_path):
+    ckpt, tv, images = model_files
+    net_a, size_a = fig6.load_backbone(ckpt)
+    net_b, size_b = fig6.load_backbone(tv)
+    assert (size_a, size_b) == (48, None)
+    assert isinstance(net_b.layer1[0], type(net_a.layer1[0])) and len(net_b.layer3) == 2  # inferred resnet18
+    x = torch.randn(2, 3, 48, 48)
+    a, b = fig6.activation_map(net_a, x), fig6.activation_map(net_b, x)
+    assert a.shape == (2, 48, 48) and a.min() == 0 and a.max() == pytest.approx(1)
+    torch.testing.assert_close(a, b)  # same weights through both loading paths
+    out = tmp_path / "fig6.png"
+    assert fig6.main(["--checkpoints", str(ckpt), str(tv), "--labels", "ckpt", "torchvision",
+                      "--images", *map(str, images), "--output", str(out)]) == 0
+    assert_png(out)
+
+
+def test_fig6_bad_checkpoint_is_a_clean_error(tmp_path, capsys):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit) as e:
+        run_main(lambda: fig6.main(["--checkpoints", str(bad), "--images", "x.png"]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(f"error: {bad}: ") and len(err.strip().splitlines()) == 1
+
+
+def test_fig7_views_and_png(model_files, tmp_path):
+    ckpt, _, images = model_files
+    model = load_model(ckpt)
+    img = fig7.load_image(images[0], 96, crop=False)
+    assert img.shape == (3, 60, 80)  # smaller than 96: never enlarged
+    views, cos = fig7.rank_views(model, img, 200, 32, 0.2, False, torch.Generator().manual_seed(0))
+    assert views.shape == (200, 3, 32, 32) and cos.shape == (200,)
+    assert torch.isfinite(cos).all() and (cos <= 1 + 1e-5).all() and cos.std() > 0
+    assert (views[0] - views[1]).abs().max() > 0.1  # distinct augmented views
+    out = tmp_path / "fig7.png"
+    assert fig7.main(["--checkpoint", str(ckpt), "--images", *map(str, images), "--num-views", "24",
+                      "--output", str(out)]) == 0
+    assert_png(out)

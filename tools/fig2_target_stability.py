@@ -1,0 +1,90 @@
+"""Fig. 2: why a target averaged over K views is more stable (the paper's simulation).
+
+    python tools/fig2_target_stability.py --output fig2.png            # n=20 views, 2048 dims, 2000 trials
+    python tools/fig2_target_stability.py --views 10 --show-k 1 2 3 --output fig2.png
+
+Each trial draws n view embeddings from N(0, I) in 2048 dimensions (the projector's output size). For
+K = 1..n the target is the mean of the first K of them. Left: the distribution over trials of the target's
+first dimension (it narrows as N(0, 1/K)). Right: the mean Euclidean distance of the K-view target to the
+mean of all n views, with its expectation sqrt(d (1/K - 1/n)) dashed. K = 1 is SimSiam's target; K = 3 is
+FastSiam's.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools` importable
+
+import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from tools.plotting import UsageError, plt, run_main, save_figure  # noqa: E402
+
+
+def simulate(n: int = 20, dim: int = 2048, trials: int = 2000, seed: int = 0, chunk: int = 100) -> dict:
+    """Returns first_dim (trials x n: first coordinate of the K-view mean, K = 1..n) and distance (n: mean
+    over trials of |mean of K views - mean of all n views|)."""
+    rng = np.random.default_rng(seed)
+    k = np.arange(1, n + 1, dtype=np.float64)
+    first, dist_sum = [], np.zeros(n)
+    for start in range(0, trials, chunk):
+        t = min(chunk, trials - start)
+        x = rng.standard_normal((t, n, dim))  # trials x views x dim
+        target = np.cumsum(x, axis=1) / k[None, :, None]  # trials x K x dim: mean of the first K views
+        first.append(target[:, :, 0])
+        dist_sum += np.linalg.norm(target - target[:, -1:, :], axis=2).sum(axis=0)
+    return {"k": k.astype(int), "first_dim": np.concatenate(first), "distance": dist_sum / trials,
+            "expected_distance": np.sqrt(dim * (1 / k - 1 / n)), "dim": dim, "trials": trials}
+
+
+def plot(sim: dict, show_k: list[int]):
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    lim = 4.0
+    grid = np.linspace(-lim, lim, 400)
+    for i, k in enumerate(show_k):
+        a.hist(sim["first_dim"][:, k - 1], bins=60, range=(-lim, lim), density=True, histtype="step", lw=1.5,
+               color=f"C{i}", label=f"K = {k}")
+        a.plot(grid, np.exp(-grid**2 * k / 2) * math.sqrt(k / (2 * math.pi)), ":", color=f"C{i}", lw=1)
+    a.set(xlabel="first dimension of the K-view target", ylabel="density",
+          title=f"Target distribution ({sim['trials']} trials; dotted: N(0, 1/K))")
+    a.legend()
+    b.plot(sim["k"], sim["distance"], "o-", label="simulated")
+    b.plot(sim["k"], sim["expected_distance"], "--", color="gray", label=r"$\sqrt{d\,(1/K - 1/n)}$")
+    b.set(xlabel="K (views averaged into the target)", ylabel="mean Euclidean distance",
+          title=f"Distance to the mean of all n = {len(sim['k'])} views (d = {sim['dim']})")
+    for k, who in ((1, "SimSiam"), (3, "FastSiam")):
+        if k < len(sim["k"]):
+            b.annotate(f"K={k} ({who})", (k, sim["distance"][k - 1]), xytext=(12, 4),
+                       textcoords="offset points")
+    b.xaxis.set_major_locator(MaxNLocator(integer=True))
+    b.legend()
+    return fig
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--views", type=int, default=20, help="n, the number of views sampled per trial")
+    ap.add_argument("--dim", type=int, default=2048, help="embedding dimension (projector output, 2048)")
+    ap.add_argument("--trials", type=int, default=2000)
+    ap.add_argument("--show-k", type=int, nargs="+", default=[1, 2, 3, 5, 10], help="K shown on the left")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output", type=Path, default=Path("fig2_target_stability.png"))
+    args = ap.parse_args(argv)
+    if args.views < 2 or args.dim < 1 or args.trials < 2:
+        raise UsageError("need --views >= 2, --dim >= 1 and --trials >= 2")
+    if any(not 1 <= k <= args.views for k in args.show_k):
+        raise UsageError(f"--show-k values must lie in 1..{args.views}")
+    sim = simulate(args.views, args.dim, args.trials, args.seed)
+    for k in sorted({1, 3, args.views} & set(range(1, args.views + 1))):
+        print(f"K={k}: std(first dim) {sim['first_dim'][:, k - 1].std():.3f} (1/sqrt(K) = {k ** -0.5:.3f}), "
+              f"distance {sim['distance'][k - 1]:.2f}", file=sys.stderr)
+    save_figure(plot(sim, args.show_k), args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

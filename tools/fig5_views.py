@@ -1,0 +1,78 @@
+"""Fig. 5: downstream AP against the number of target views K (the views ablation).
+
+    python tools/fig5_views.py runs/ \\
+        --pretrain views2=out/v2 views3=out/v3 views4=out/v4 views6=out/v6 \\
+        --protocol coco_R_50_FPN_1x --output fig5.png
+
+--pretrain NAME=DIR links a weights name of the runs tree to its pretraining output dir; K = num_views - 1
+comes from DIR/config.yaml (K = 1 is SimSiam's single target view, K = 3 FastSiam's). Runs with different
+epochs or batch sizes form separate series. Each point is the mean over seeds with a +/- 1 std bar.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools` importable
+
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from tools.plotting import (  # noqa: E402
+    UsageError,
+    downstream,
+    metric_for,
+    parse_pretrain,
+    plt,
+    prefer_real,
+    run_main,
+    runs_for,
+    save_figure,
+)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("runs_dir", type=Path)
+    ap.add_argument("--pretrain", nargs="+", required=True, metavar="NAME=DIR[@EPOCHS]")
+    ap.add_argument("--protocol", nargs="+", default=["coco_R_50_FPN_1x"], help="one panel per protocol")
+    ap.add_argument("--metric", help="TASK/METRIC, e.g. segm/AP (default: the protocol's headline AP)")
+    ap.add_argument("--output", type=Path, default=Path("fig5_views.png"))
+    args = ap.parse_args(argv)
+    pretrain = parse_pretrain(args.pretrain)
+    runs, toy = prefer_real(runs_for(args.runs_dir))
+    fig, axes = plt.subplots(1, len(args.protocol), figsize=(5 * len(args.protocol), 4), squeeze=False)
+    plotted = 0
+    for ax, protocol in zip(axes[0], args.protocol, strict=True):
+        task, name = metric_for(protocol, args.metric)
+        series: dict[tuple, list] = {}
+        for p in pretrain:
+            s = downstream(runs, p.name, protocol, task, name, toy)
+            if s is None:
+                print(f"warning: no {task}/{name} for {p.name} on {protocol}", file=sys.stderr)
+                continue
+            series.setdefault((p.epochs, p.batch_size), []).append((p.num_views - 1, s))
+        for (epochs, batch), pts in sorted(series.items()):
+            pts.sort(key=lambda t: t[0])
+            ax.errorbar([k for k, _ in pts], [s.mean for _, s in pts], yerr=[s.std or 0 for _, s in pts],
+                        marker="o", capsize=3, label=f"{epochs:g} ep, batch {batch}")
+            for k, s in pts:
+                ax.annotate(f"n={len(s.values)}", (k, s.mean), xytext=(4, 4), textcoords="offset points",
+                            fontsize=7)
+            plotted += len(pts)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="K (target views; num_views - 1)", ylabel=f"{task} {name}",
+               title=protocol + (" [TOY RUNS]" if toy else ""))
+        if ax.get_legend_handles_labels()[0]:  # a panel with no results has nothing to label
+            ax.legend(fontsize=8)
+    if plotted == 0:
+        plt.close(fig)
+        raise UsageError(f"none of the --pretrain names has results for {', '.join(args.protocol)} "
+                         f"in {args.runs_dir}")
+    save_figure(fig, args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

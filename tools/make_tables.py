@@ -1,0 +1,344 @@
+"""Print the paper's Tables 1-5 beside this project's transfer results.
+
+    python tools/make_tables.py RUNS_DIR                                 # Markdown to stdout
+    python tools/make_tables.py RUNS_DIR --format latex --output tables.tex
+    python -m tools.make_tables RUNS_DIR --format csv --output tables.csv
+
+RUNS_DIR is the tree tools/run_matrix.py fills: RUNS_DIR/<weights-name>/<config-stem>/[seed<k>/]results.json,
+each results.json as transfer.train_net writes it (task -> metric -> value, AP in percent). Config stems map
+to tables after stripping `_random` and `_instant`: coco_R_50_FPN_1x -> Table 1, coco_R_50_C4_1x -> Table 2,
+cityscapes_R_50_FPN -> Table 3, keypoint_R_50_FPN_2x (the paper's schedule) and keypoint_R_50_FPN_1x ->
+Table 4; Table 5 (batch size) takes the same runs by weights name. Every measured row is mean +/- sample std
+over seeds, with n, under the paper's row for the same weights and followed by the difference. Runs from
+`_instant` configs are marked as toy runs. A null metric (train_net writes NaN, e.g. an AP with no detections,
+as null) is missing for that seed. The paper's numbers live in tools/paper_tables.json.
+
+CSV is long-format, one line per (table, row, column), so a spreadsheet can pivot it.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PAPER_FILE = Path(__file__).with_name("paper_tables.json")
+MISSING = "-"
+BATCH_ABLATION = re.compile(r"_bs\d+$")  # other weights names that belong in Table 5
+
+
+@dataclass
+class Run:
+    weights: str
+    protocol: str  # config stem without _random/_instant
+    toy: bool  # from an `_instant` config
+    path: Path
+    results: dict  # task -> metric -> value
+
+
+@dataclass
+class Stat:
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return sum(self.values) / len(self.values)
+
+    @property
+    def std(self) -> float | None:
+        """Sample std (n - 1), as seed-to-seed spread is usually reported; written out so NaN propagates."""
+        if len(self.values) < 2:
+            return None
+        m = self.mean
+        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (len(self.values) - 1))
+
+
+@dataclass
+class Line:
+    kind: str  # "paper" | "measured" | "diff"
+    label: str  # paper method or weights name
+    meta: list  # epoch, batch[, views]; empty for measured/diff lines
+    cells: list  # per column: float (paper/diff), Stat (measured) or None (missing)
+    n: int | None = None
+    weights: str = ""
+    protocol: str = ""
+    toy: bool = False
+    paper: list = field(default_factory=list)  # the paper values a measured line is compared with
+
+
+def load_paper(path: Path = PAPER_FILE) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def base_stem(stem: str) -> tuple[str, bool]:
+    """coco_R_50_FPN_1x_random_instant -> ("coco_R_50_FPN_1x", toy=True)."""
+    toy = False
+    while True:
+        if stem.endswith("_instant"):
+            stem, toy = stem[: -len("_instant")], True
+        elif stem.endswith("_random"):
+            stem = stem[: -len("_random")]
+        else:
+            return stem, toy
+
+
+def known_protocols(paper: dict) -> set[str]:
+    out = set()
+    for t in paper["tables"]:
+        out.update(t["protocols"])
+        out.update(c["protocol"] for c in t["columns"] if "protocol" in c)
+    return out
+
+
+def load_runs(runs_dir: Path, paper: dict, warn=lambda msg: print(msg, file=sys.stderr)) -> list[Run]:
+    """Every results.json under runs_dir; unparsable or misplaced files are reported by path and skipped."""
+    protocols = known_protocols(paper)
+    runs = []
+    for path in sorted(runs_dir.rglob("results.json")):
+        parts = path.relative_to(runs_dir).parts
+        if len(parts) not in (3, 4) or (len(parts) == 4 and not re.fullmatch(r"seed\d+", parts[2])):
+            warn(f"skipping {path}: expected RUNS_DIR/<weights>/<config-stem>/[seed<k>/]results.json")
+            continue
+        protocol, toy = base_stem(parts[1])
+        if protocol not in protocols:
+            warn(f"skipping {path}: config stem {parts[1]!r} belongs to no table")
+            continue
+        try:
+            with open(path) as f:
+                results = json.load(f)
+            if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
+                raise ValueError("not a task -> metric -> value mapping")
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            warn(f"skipping unparsable {path}: {e}")
+            continue
+        runs.append(Run(parts[0], protocol, toy, path, results))
+    return runs
+
+
+def metric(run: Run, task: str, name: str) -> float | None:
+    v = run.results.get(task, {}).get(name)
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def stat(runs: list[Run], task: str, name: str) -> Stat | None:
+    values = [v for v in (metric(r, task, name) for r in runs) if v is not None]
+    return Stat(values) if values else None
+
+
+def measured_lines(paper_row: dict | None, groups: dict, cols: list, table: dict) -> list[Line]:
+    """A measured line (and a diff line where the paper has the row) per (weights, protocol, toy) group."""
+    lines = []
+    for (weights, protocol, toy), runs in groups.items():
+        # Table 5 columns each name a protocol; Tables 1-4 columns take every run of the group
+        cells = [stat([r for r in runs if r.protocol == c.get("protocol", r.protocol)],
+                      c["task"], c["metric"]) for c in cols]
+        # one protocol: n = runs (seeds); Table 5 mixes protocols, so n = the most seeds any column has
+        n = len(runs) if protocol else max((len(s.values) for s in cells if s), default=0)
+        label = weights if not protocol or protocol == table["protocols"][0] else f"{weights} ({protocol})"
+        paper_vals = paper_row["values"] if paper_row else []
+        lines.append(Line("measured", label, [], cells, n, weights, protocol, toy, paper_vals))
+        if paper_row:
+            diff = [None if s is None or p is None else s.mean - p
+                    for s, p in zip(cells, paper_vals, strict=True)]
+            lines.append(Line("diff", "", [], diff, None, weights, protocol, toy, paper_vals))
+    return lines
+
+
+def build_table(table: dict, runs: list[Run]) -> list[Line]:
+    """The paper's rows in order, each followed by this project's rows for the same weights; others last."""
+    cols = table["columns"]
+    by_column = "protocol" in cols[0]  # Table 5: one protocol per column, rows matched by weights name only
+    paper_names = {row["weights"] for row in table["rows"]}
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        if by_column:
+            if r.weights not in paper_names and not BATCH_ABLATION.search(r.weights):
+                continue
+            if r.protocol not in {c["protocol"] for c in cols}:
+                continue
+            key = (r.weights, "", r.toy)
+        elif r.protocol in table["protocols"]:
+            key = (r.weights, r.protocol, r.toy)
+        else:
+            continue
+        groups.setdefault(key, []).append(r)
+    order = {p: i for i, p in enumerate(table["protocols"])}
+    keys = sorted(groups, key=lambda k: (order.get(k[1], 0), k[2], k[0]))
+    meta_keys = ["epoch", "batch"] + (["views"] if "views" in table["rows"][0] else [])
+    lines, used = [], set()
+    for row in table["rows"]:
+        method = row["method"] + (f" [{row['ref']}]" if row["ref"] else "")
+        lines.append(Line("paper", method, [row[k] for k in meta_keys], row["values"]))
+        mine = [k for k in keys if row["weights"] and k[0] == row["weights"]]
+        used.update(mine)
+        lines += measured_lines(row, {k: groups[k] for k in mine}, cols, table)
+    lines += measured_lines(None, {k: groups[k] for k in keys if k not in used}, cols, table)
+    return lines
+
+
+def build_tables(paper: dict, runs: list[Run]) -> list[tuple[dict, list[Line]]]:
+    return [(t, build_table(t, runs)) for t in paper["tables"]]
+
+
+# ---------------------------------------------------------------- formatting
+def fmt_stat(s: Stat | None, n: int | None, d: int) -> str:
+    if s is None:
+        return MISSING
+    out = f"{s.mean:.{d}f}" + (f" ± {s.std:.{d + 1}f}" if s.std is not None else "")
+    return out + (f" (n={len(s.values)})" if n is not None and len(s.values) != n else "")
+
+
+def fmt_cell(line: Line, i: int, d: int) -> str:
+    v = line.cells[i]
+    if line.kind == "measured":
+        return fmt_stat(v, line.n, d)
+    if v is None:
+        return MISSING
+    return f"{v:+.{d}f}" if line.kind == "diff" else f"{v:.{d}f}"
+
+
+def row_texts(table: dict, line: Line, d: int) -> list[str]:
+    nmeta = 3 if "views" in table["rows"][0] else 2
+    meta = [MISSING if v is None else str(v) for v in line.meta] or [""] * nmeta
+    measured = line.label + (" [toy]" if line.toy else "")
+    source = {"paper": "paper", "diff": "Δ vs paper"}.get(line.kind, measured)
+    label = line.label if line.kind == "paper" else ""
+    n = "" if line.n is None else str(line.n)
+    return [label, *meta, source, n] + [fmt_cell(line, i, d) for i in range(len(table["columns"]))]
+
+
+def headers(table: dict) -> list[str]:
+    meta = ["Epoch", "Batch"] + (["Views"] if "views" in table["rows"][0] else [])
+    return ["Method", *meta, "Source", "n"] + [c["label"] for c in table["columns"]]
+
+
+def caption(table: dict, lines: list[Line]) -> tuple[str, list[str]]:
+    notes = []
+    if table["protocols"]:
+        notes.append("Protocol: " + ", ".join(table["protocols"]) + " (the first is the paper's).")
+    else:
+        notes.append("Columns: " + ", ".join(f"{c['label']} = {c['protocol']} {c['task']} {c['metric']}"
+                                             for c in table["columns"]) + ".")
+    if any(line.toy for line in lines):
+        notes.append("TOY RUN: rows marked [toy] come from `_instant` configs, not comparable to the paper.")
+    notes.append("Paper values: " + table["note"])
+    return f"Table {table['id']}. {table['title']}", notes
+
+
+def to_markdown(tables: list, d: int) -> str:
+    out = []
+    for table, lines in tables:
+        title, notes = caption(table, lines)
+        out += [f"### {title}", ""] + [f"_{n}_  " for n in notes] + [""]
+        head = headers(table)
+        out += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        out += ["| " + " | ".join(row_texts(table, line, d)) + " |" for line in lines]
+        out.append("")
+    return "\n".join(out)
+
+
+def tex(s: str) -> str:
+    m = re.fullmatch(r"AP\^(\w+?)(?:_(\d+))?", s)
+    if m:
+        return rf"AP$^{{\mathrm{{{m[1]}}}}}" + (f"_{{{m[2]}}}" if m[2] else "") + "$"
+    s = s.replace("\\", r"\textbackslash{}")
+    for ch in "&%#_{}$":
+        s = s.replace(ch, "\\" + ch)
+    return s.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
+
+
+def to_latex(tables: list, d: int) -> str:
+    out = ["% needs \\usepackage{booktabs}"]
+    for table, lines in tables:
+        title, notes = caption(table, lines)
+        head, ncols = headers(table), len(table["columns"])
+        out += [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex(title + ' ' + ' '.join(notes))}}}",
+                rf"\begin{{tabular}}{{{'l' * (len(head) - ncols)}{'r' * ncols}}}",
+                r"\toprule", " & ".join(tex(h) for h in head) + r" \\", r"\midrule"]
+        for prev, line in zip([None, *lines[:-1]], lines, strict=True):
+            if prev is not None and line.kind == "paper" and prev.kind != "paper":  # under a measured group
+                out.append(r"\midrule")
+            out.append(" & ".join(tex(c) for c in row_texts(table, line, d)) + r" \\")
+        out += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(out)
+
+
+def to_csv(tables: list, d: int) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["table", "row", "method", "epoch", "batch", "views", "weights", "protocol", "toy", "n",
+                "column", "paper", "mean", "std", "count", "diff"])
+    for table, lines in tables:
+        method = ""
+        for line in lines:
+            if line.kind == "paper":
+                method, meta = line.label, line.meta + [None] * (3 - len(line.meta))
+            if line.kind == "diff":
+                continue
+            for i, col in enumerate(table["columns"]):
+                c = line.cells[i]
+                num = lambda v: "" if v is None else round(v, 6)  # noqa: E731
+                if line.kind == "paper":
+                    w.writerow([table["id"], "paper", method, *map(num, meta), "", "", "", "", col["label"],
+                                num(c), "", "", "", ""])
+                    continue
+                p = line.paper[i] if line.paper else None
+                protocol = line.protocol or col.get("protocol", "")
+                w.writerow([table["id"], "measured", method if line.paper else "", "", "", "", line.weights,
+                            protocol, int(line.toy), line.n, col["label"], num(p), num(c.mean if c else None),
+                            num(c.std if c else None), len(c.values) if c else 0,
+                            num(c.mean - p if c and p is not None else None)])
+    return buf.getvalue()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write to a temp file next to `path`, then rename: a crash never leaves half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs_dir", type=Path, help="RUNS_DIR/<weights>/<config-stem>/[seed<k>/]results.json")
+    ap.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")
+    ap.add_argument("--output", type=Path, help="write here (atomically) instead of stdout")
+    ap.add_argument("--decimals", type=int, default=1, help="digits after the point (the paper prints 1)")
+    args = ap.parse_args(argv)
+    if not args.runs_dir.is_dir():
+        print(f"error: runs directory not found: {args.runs_dir}", file=sys.stderr)
+        return 2
+    if args.output and not args.output.parent.is_dir():
+        print(f"error: output directory not found: {args.output.parent}", file=sys.stderr)
+        return 2
+    paper = load_paper()
+    runs = load_runs(args.runs_dir, paper)
+    if not runs:
+        print(f"warning: no usable results.json under {args.runs_dir}; printing the paper's rows only",
+              file=sys.stderr)
+    tables = build_tables(paper, runs)
+    text = {"markdown": to_markdown, "csv": to_csv, "latex": to_latex}[args.format](tables, args.decimals)
+    if args.output:
+        write_atomic(args.output, text)
+        print(f"wrote {args.output} ({len(runs)} runs)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

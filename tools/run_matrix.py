@@ -1,0 +1,167 @@
+"""Run every (weights x protocol x seed) transfer cell into a runs tree that tools/make_tables.py reads.
+
+    python tools/run_matrix.py --weights-dir converted/ --random \\
+        --configs configs/transfer/coco_R_50_FPN_1x.yaml configs/transfer/coco_R_50_C4_1x.yaml \\
+        --seeds 0 1 2 --runs runs/
+    python tools/run_matrix.py --weights imagenet=r50_in1k.pkl fastsiam_r50_in1k_25ep=fs25.pkl \\
+        --configs configs/transfer/cityscapes_R_50_FPN.yaml --seeds 0 --runs runs/ --dry-run
+    python tools/run_matrix.py ... -- SOLVER.IMS_PER_BATCH 8 SOLVER.BASE_LR 0.01   # extra KEY VALUE overrides
+    python tools/run_matrix.py ... --trainer "python -m transfer.train_net --ims-per-gpu 2"   # trainer flags
+
+Each cell runs
+    python -m transfer.train_net --config-file CFG \
+        OUTPUT_DIR RUNS/<name>/<stem>/seed<k> MODEL.WEIGHTS PATH SEED <k> [extra]
+A cell whose results.json exists is skipped, so an interrupted matrix resumes where it stopped; a cell cut off
+mid-training (OUTPUT_DIR/last_checkpoint exists) restarts with --resume. The `random` row trains from scratch
+with each protocol's `_random` config and MODEL.WEIGHTS "" (an `_instant` config without a `_random` twin is
+itself random-init unless given weights, so it serves as its own twin). A failed cell does not stop the
+others; the exit status is 1 if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+RANDOM = "random"
+REPO = Path(__file__).resolve().parents[1]
+WEIGHT_SUFFIXES = (".pth", ".pkl")
+
+
+@dataclass
+class Cell:
+    name: str
+    weights: Path | None  # None: random init (MODEL.WEIGHTS "")
+    config: Path
+    seed: int
+    out: Path
+
+    def command(self, trainer: list[str], num_gpus: int | None, extra: list[str]) -> list[str]:
+        cmd = [*trainer, "--config-file", str(self.config)]
+        if num_gpus is not None:
+            cmd += ["--num-gpus", str(num_gpus)]
+        if (self.out / "last_checkpoint").exists():  # detectron2 resumes from OUTPUT_DIR's last checkpoint
+            cmd.append("--resume")
+        cmd += ["OUTPUT_DIR", str(self.out)]
+        cmd += ["MODEL.WEIGHTS", "" if self.weights is None else str(self.weights)]
+        return cmd + ["SEED", str(self.seed), *extra]
+
+
+class UsageError(Exception):
+    pass
+
+
+def random_config(cfg: Path) -> Path:
+    """X.yaml -> X_random.yaml; X_instant.yaml -> X_random_instant.yaml, X_instant_random.yaml or itself."""
+    stem = cfg.stem
+    candidates = [cfg.with_name(f"{stem}_random{cfg.suffix}")]
+    if stem.endswith("_instant"):
+        candidates.insert(0, cfg.with_name(f"{stem[:-len('_instant')]}_random_instant{cfg.suffix}"))
+    for c in candidates:
+        if c.is_file():
+            return c
+    if stem.endswith("_instant"):  # toy configs start from random init unless MODEL.WEIGHTS is given
+        return cfg
+    raise UsageError(f"no random-init config for {cfg} (looked for {', '.join(str(c) for c in candidates)})")
+
+
+def parse_weights(pairs: list[str], weights_dir: Path | None, random: bool) -> dict[str, Path | None]:
+    """NAME=PATH pairs and/or every .pth/.pkl in a directory (name = file stem); `random` maps to None."""
+    weights: dict[str, Path | None] = {}
+    if weights_dir is not None:
+        if not weights_dir.is_dir():
+            raise UsageError(f"weights directory not found: {weights_dir}")
+        for p in sorted(weights_dir.iterdir()):
+            if p.suffix in WEIGHT_SUFFIXES and p.is_file():
+                if p.stem == RANDOM:
+                    raise UsageError(f"{p}: 'random' is the from-scratch row and takes no weights file")
+                if p.stem in weights:
+                    raise UsageError(f"two weights files named {p.stem!r} in {weights_dir}")
+                weights[p.stem] = p.resolve()
+    for pair in pairs:
+        if pair == RANDOM:
+            random = True
+            continue
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path or "/" in name:
+            raise UsageError(f"bad --weights entry {pair!r}: expected NAME=PATH (or 'random')")
+        if name == RANDOM:
+            raise UsageError("the 'random' row takes no weights file: pass --random")
+        if not Path(path).is_file():
+            raise UsageError(f"weights file not found: {path}")
+        weights[name] = Path(path).resolve()
+    if random:
+        weights[RANDOM] = None
+    if not weights:
+        raise UsageError("no weights given: use --weights NAME=PATH, --weights-dir DIR or --random")
+    return weights
+
+
+def plan(weights: dict[str, Path | None], configs: list[Path], seeds: list[int], runs: Path) -> list[Cell]:
+    for cfg in configs:
+        if not cfg.is_file():
+            raise UsageError(f"config not found: {cfg}")
+    cells = []
+    for name, path in weights.items():
+        for cfg in configs:
+            cfg_used = random_config(cfg) if path is None else cfg
+            for seed in seeds:
+                cells.append(Cell(name, path, cfg_used, seed, runs / name / cfg_used.stem / f"seed{seed}"))
+    return cells
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    ap.add_argument("--weights", nargs="*", default=[], metavar="NAME=PATH", help="converted weights by name")
+    ap.add_argument("--weights-dir", type=Path, help="folder of .pth/.pkl files, named by weights")
+    ap.add_argument("--random", action="store_true", help="add the random-init row (_random configs)")
+    ap.add_argument("--configs", nargs="+", type=Path, required=True, help="protocol configs")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; one run each (default: 0)")
+    ap.add_argument("--runs", type=Path, required=True, help="runs tree: RUNS/<name>/<config-stem>/seed<k>/")
+    ap.add_argument("--num-gpus", type=int, help="passed to the trainer")
+    ap.add_argument("--trainer", default=f"{shlex.quote(sys.executable)} -m transfer.train_net",
+                    help="trainer command line (default: this Python's -m transfer.train_net)")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands of the cells left to run")
+    args = ap.parse_args(argv)
+    try:
+        weights = parse_weights(args.weights, args.weights_dir, args.random)
+        cells = plan(weights, args.configs, args.seeds, args.runs)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    trainer = shlex.split(args.trainer)
+    # `-m transfer.train_net` must import from this checkout whatever the working directory
+    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    todo = [c for c in cells if not (c.out / "results.json").is_file()]
+    print(f"{len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run", file=sys.stderr)
+    failed = []
+    for i, cell in enumerate(todo, 1):
+        cmd = cell.command(trainer, args.num_gpus, extra)
+        if args.dry_run:
+            print(shlex.join(cmd))
+            continue
+        print(f"[{i}/{len(todo)}] {cell.out}", file=sys.stderr, flush=True)
+        cell.out.mkdir(parents=True, exist_ok=True)
+        rc = subprocess.run(cmd, env=env).returncode
+        if rc != 0 or not (cell.out / "results.json").is_file():
+            why = f"exit status {rc}" if rc != 0 else "no results.json written"
+            print(f"[{i}/{len(todo)}] FAILED {cell.out}: {why}", file=sys.stderr, flush=True)
+            failed.append(cell)
+    if failed:
+        lines = "\n".join(f"  {c.out}" for c in failed)
+        print(f"{len(failed)} of {len(todo)} cells failed:\n{lines}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
