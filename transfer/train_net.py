@@ -1,0 +1,316 @@
+"""Fine-tune converted weights with detectron2: the paper's four transfer protocols (Tables 1-5).
+
+    # one GPU (the protocol's batch 16 on one card), then 8 GPUs
+    python -m transfer.train_net --config-file configs/transfer/coco_R_50_FPN_1x.yaml \\
+        MODEL.WEIGHTS weights/fastsiam.pth OUTPUT_DIR runs/fastsiam/coco_R_50_FPN_1x
+    python -m transfer.train_net --num-gpus 8 --config-file ... MODEL.WEIGHTS ... OUTPUT_DIR ...
+    # less GPU memory: 2 images per GPU; lr and schedule follow the linear scaling rule (see scaling.json)
+    python -m transfer.train_net --ims-per-gpu 2 --config-file ... MODEL.WEIGHTS ... OUTPUT_DIR ...
+    # evaluate a trained model; resume an interrupted run
+    python -m transfer.train_net --eval-only --config-file ... MODEL.WEIGHTS runs/.../model_final.pth
+    python -m transfer.train_net --resume --config-file ... OUTPUT_DIR runs/.../coco_R_50_FPN_1x
+    # your own COCO-format data (NUM_CLASSES and NUM_KEYPOINTS are taken from the training json)
+    python -m transfer.train_net --config-file ... --dataset-train mine=ann/train.json:img/train \\
+        --dataset-test mine_val=ann/val.json:img/val MODEL.WEIGHTS ...
+
+detectron2's tools/train_net.py trimmed to the protocols, plus: start-up checks that fail in one line (exit
+status 2) on a missing MODEL.WEIGHTS file, an unknown dataset, missing dataset files, a malformed annotation
+file or a missing/corrupt image; a warning for .pkl weights (plain pickle); a report of which checkpoint
+tensors were loaded (OUTPUT_DIR/weights_report.json); OUTPUT_DIR/results.json after the final evaluation
+(task -> metric -> value, as detectron2 reports them), because DefaultTrainer.train() returns nothing unless
+expected results are set.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import math
+import os
+import sys
+
+from transfer import compat
+
+compat.apply()  # before the first detectron2 import
+
+import torch  # noqa: E402
+from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data import (  # noqa: E402
+    DatasetCatalog,
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+)
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.evaluation import CityscapesInstanceEvaluator, COCOEvaluator  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.file_io import PathManager  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+from transfer import datasets, scaling  # noqa: E402
+from transfer import roi_heads as _  # noqa: E402,F401  (registers Res5ROIHeadsExtraNorm)
+from transfer.datasets import DatasetError  # noqa: E402
+
+logger = logging.getLogger("transfer")
+EVALUATOR_TYPES = ("coco", "cityscapes_instance")
+
+
+class SetupError(Exception):
+    """Bad command line or config; the message is one line meant for the user."""
+
+
+# ---------------------------------------------------------------- evaluation and results
+def build_evaluator(cfg, dataset_name: str, output_folder: str | None = None):
+    """By the dataset's evaluator_type: COCO (bbox, + segm with masks, + keypoints), Cityscapes instances."""
+    kind = MetadataCatalog.get(dataset_name).get("evaluator_type")
+    if kind == "coco":
+        tasks = ["bbox"] + ["segm"] * cfg.MODEL.MASK_ON + ["keypoints"] * cfg.MODEL.KEYPOINT_ON
+        # use_fast_impl: detectron2's compiled COCOeval, or faster-coco-eval without it (transfer.compat)
+        return COCOEvaluator(dataset_name, tasks=tasks, distributed=True, output_dir=output_folder,
+                             use_fast_impl=True, kpt_oks_sigmas=cfg.TEST.KEYPOINT_OKS_SIGMAS)
+    if kind == "cityscapes_instance":
+        return CityscapesInstanceEvaluator(dataset_name)  # cityscapesscripts: AP and AP50 of the masks
+    raise SetupError(f"dataset {dataset_name!r} has evaluator_type {kind!r}; "
+                     f"supported: {', '.join(EVALUATOR_TYPES)}")
+
+
+def _finite(obj):
+    """Results with NaN/inf (e.g. the AP of a category absent from the test set) as null: strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    v = float(obj)
+    return v if math.isfinite(v) else None
+
+
+def write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)  # never a half-written file
+
+
+def write_results(cfg, results) -> None:
+    if comm.is_main_process() and results:
+        write_json(os.path.join(cfg.OUTPUT_DIR, "results.json"), _finite(results))
+        logger.info(f"wrote {os.path.join(cfg.OUTPUT_DIR, 'results.json')}")
+
+
+# ---------------------------------------------------------------- weights
+def load_weights(checkpointer, weights: str, output_dir: str) -> dict:
+    """Load MODEL.WEIGHTS into the model as detectron2 does (no optimizer state), and report what was used.
+
+    detectron2 only logs warnings for tensors it skips, and under ``matching_heuristics`` it drops
+    checkpoint tensors that match no model key without a word; so its name matching runs here, where its
+    result is seen."""
+    path = PathManager.get_local_path(weights)  # downloads and caches detectron2:// and https:// weights
+    checkpoint = checkpointer._load_file(path)  # detectron2's reader: .pkl by pickle, else torch.load
+    original_keys = list(checkpoint["model"])
+    model_keys = set(checkpointer.model.state_dict())
+    if checkpoint.get("matching_heuristics", False):  # as DetectionCheckpointer._load_model does it
+        checkpointer._convert_ndarray_to_tensor(checkpoint["model"])
+        checkpoint["model"] = align_and_update_state_dicts(
+            checkpointer.model.state_dict(), checkpoint["model"],
+            c2_conversion=checkpoint.get("__author__") == "Caffe2")
+        checkpoint["matching_heuristics"] = False
+    state = checkpoint["model"]  # fvcore strips "module." and drops wrongly shaped tensors in place
+    incompatible = checkpointer._load_model(checkpoint)
+    checkpointer._log_incompatible_keys(incompatible)
+    loaded = model_keys & set(state)
+    not_initialised = sorted(model_keys - loaded)
+    unused = [k for k in original_keys if not any(m == k or m.endswith("." + k) for m in loaded)]
+    groups = collections.Counter(".".join(k.split(".")[:2]) for k in not_initialised)
+    logger.info(f"Loaded {len(loaded)} of {len(original_keys)} checkpoint tensors from {weights} "
+                f"({len(unused)} unused); {len(not_initialised)} model tensors not initialised from it: "
+                + (", ".join(f"{g}.* ({n})" for g, n in sorted(groups.items())) or "none"))
+    report = {"weights": weights, "checkpoint_tensors": len(original_keys), "loaded": len(loaded),
+              "unused_checkpoint_keys": unused, "not_initialised": not_initialised,
+              "incorrect_shapes": [[k, list(a), list(b)] for k, a, b in incompatible.incorrect_shapes]}
+    if comm.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+        write_json(os.path.join(output_dir, "weights_report.json"), report)
+    return report
+
+
+def check_weights(cfg, resume: bool) -> None:
+    weights = cfg.MODEL.WEIGHTS
+    if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        return  # resuming: the run's own last checkpoint is loaded, not MODEL.WEIGHTS
+    if not weights or "://" in weights:  # random init, or a URL detectron2 downloads
+        pass
+    elif not os.path.isfile(weights):
+        raise SetupError(f"MODEL.WEIGHTS {weights!r} is not a file: convert a checkpoint with "
+                         "`python -m transfer.convert CKPT OUT.pth` and pass MODEL.WEIGHTS OUT.pth "
+                         "(or use the config's _random variant for random init)")
+    if weights.endswith(".pkl"):
+        print(f"warning: MODEL.WEIGHTS {weights} is a .pkl, which detectron2 reads with plain pickle (it "
+              "can run code from the file); prefer .pth from `python -m transfer.convert CKPT OUT.pth`, "
+              "which loads with torch's weights_only loader", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- trainer
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with our evaluators, data loaders that report bad images, the weights report."""
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference")
+        return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=datasets.CheckedMapper(DatasetMapper(cfg, True)))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name,
+                                           mapper=datasets.CheckedMapper(DatasetMapper(cfg, False)))
+
+    def resume_or_load(self, resume=True):
+        if (resume and self.checkpointer.has_checkpoint()) or not self.cfg.MODEL.WEIGHTS:
+            return super().resume_or_load(resume)
+        load_weights(self.checkpointer, self.cfg.MODEL.WEIGHTS, self.cfg.OUTPUT_DIR)
+
+
+class _HideDatasetErrorTraceback(logging.Filter):
+    """detectron2's train loop logs every exception with its traceback before re-raising it; a DatasetError is
+    bad input that main() reports in one line."""
+
+    def filter(self, record):
+        return not (record.exc_info and isinstance(record.exc_info[1], DatasetError))
+
+
+# ---------------------------------------------------------------- setup and main
+def argument_parser():
+    parser = default_argument_parser(epilog=__doc__)
+    parser.add_argument("--ims-per-gpu", type=int, default=0, metavar="N",
+                        help="images per GPU; rescales batch, lr and every iteration count of the config "
+                             "by the linear scaling rule and records the changes in OUTPUT_DIR/scaling.json")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="MODEL.DEVICE; auto = cuda when a GPU is present, else cpu")
+    parser.add_argument("--dataset-train", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
+                        help="register a COCO-format dataset and train on it (repeat for several)")
+    parser.add_argument("--dataset-test", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
+                        help="register a COCO-format dataset and evaluate on it (repeat for several)")
+    return parser
+
+
+def register_user_datasets(cfg, train_specs: list[str], test_specs: list[str]) -> None:
+    """--dataset-train/--dataset-test NAME=JSON:IMAGE_DIR: register them, use them, and size the heads to the
+    data (classes and keypoints of the first training json, else of the first test json)."""
+    shapes = []
+    for specs, key in ((train_specs, "TRAIN"), (test_specs, "TEST")):
+        names = []
+        for spec in specs:
+            name, json_file, image_dir = datasets.parse_spec(spec)
+            shapes.append(datasets.register_coco_json(name, json_file, image_dir))
+            names.append(name)
+        if names:
+            cfg.DATASETS[key] = tuple(names)
+    if shapes:
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = shapes[0]["num_classes"]
+        if shapes[0]["num_keypoints"]:
+            cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = shapes[0]["num_keypoints"]
+
+
+def setup(args):
+    """Config, user datasets and every start-up check; raises SetupError/DatasetError before any work."""
+    cfg = get_cfg()
+    if not os.path.isfile(args.config_file):
+        raise SetupError(f"--config-file {args.config_file!r} is not a file")
+    try:
+        cfg.merge_from_file(args.config_file)
+    except Exception as e:  # yaml syntax, unknown keys, wrong types: yacs/yaml raise many types
+        raise SetupError(f"config {args.config_file}: {type(e).__name__}: {datasets.one_line(e)}") \
+            from None
+
+    register_user_datasets(cfg, args.dataset_train, args.dataset_test)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SetupError("--device cuda, but torch sees no GPU")
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    cfg.MODEL.DEVICE = "cuda" if use_cuda else "cpu"
+    options = [o for o in args.opts[::2] if o.startswith("--")]
+    if options:  # argparse hands everything after the first KEY to the overrides
+        raise SetupError(f"{options[0]} comes after KEY VALUE overrides: options go before the KEY VALUE "
+                         "overrides")
+    try:
+        cfg.merge_from_list(args.opts)  # the command line wins over all of the above
+    except Exception as e:
+        raise SetupError(f"command-line overrides: {type(e).__name__}: {datasets.one_line(e)}") from None
+
+    record = None
+    if args.ims_per_gpu < 0:
+        raise SetupError(f"--ims-per-gpu must be positive, got {args.ims_per_gpu}")
+    if args.ims_per_gpu:
+        if cfg.SOLVER.REFERENCE_WORLD_SIZE:
+            raise SetupError("--ims-per-gpu and SOLVER.REFERENCE_WORLD_SIZE both rescale the schedule; "
+                             "use one")
+        record = scaling.scale_schedule(cfg, args.ims_per_gpu, comm.get_world_size())
+    cfg.freeze()
+
+    check_weights(cfg, args.resume)
+    for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
+        datasets.check_dataset(name)
+    for name in cfg.DATASETS.TEST:  # a test set we cannot load or evaluate fails now, not after training
+        kind = MetadataCatalog.get(name).get("evaluator_type")
+        if kind not in EVALUATOR_TYPES:
+            raise SetupError(f"dataset {name!r} has evaluator_type {kind!r}; "
+                             f"supported: {', '.join(EVALUATOR_TYPES)}")
+        DatasetCatalog.get(name)
+    if cfg.MODEL.KEYPOINT_ON and cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS != 17 and \
+            len(cfg.TEST.KEYPOINT_OKS_SIGMAS) != cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS:
+        raise SetupError("keypoints other than COCO's 17 need TEST.KEYPOINT_OKS_SIGMAS (one per keypoint) "
+                         "for COCO's keypoint AP")
+
+    default_setup(cfg, args)  # logging, OUTPUT_DIR/config.yaml, seed
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="transfer")
+    logging.getLogger("detectron2.engine.train_loop").addFilter(_HideDatasetErrorTraceback())
+    if record is not None and comm.is_main_process():
+        write_json(os.path.join(cfg.OUTPUT_DIR, "scaling.json"), record)
+        logger.info(f"--ims-per-gpu {args.ims_per_gpu}: linear scaling x{record['factor']:g}: " +
+                    ", ".join(f"{k} {a} -> {b}" for k, (a, b) in record["changed"].items()))
+    return cfg
+
+
+def main(args):
+    try:
+        cfg = setup(args)
+        if args.eval_only:
+            model = Trainer.build_model(cfg)
+            checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+            if args.resume and checkpointer.has_checkpoint():
+                checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
+            elif cfg.MODEL.WEIGHTS:
+                load_weights(checkpointer, cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR)
+            results = Trainer.test(cfg, model)
+        else:
+            trainer = Trainer(cfg)
+            trainer.resume_or_load(resume=args.resume)
+            trainer.train()
+            # DefaultTrainer keeps the last evaluation here (train() returns it only with EXPECTED_RESULTS)
+            results = getattr(trainer, "_last_eval_results", None)
+        write_results(cfg, results)
+        return results
+    except (SetupError, DatasetError) as e:
+        print(f"error: {datasets.one_line(e)}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cli(argv=None) -> None:
+    args = argument_parser().parse_args(argv)
+    world_size = args.num_gpus * args.num_machines
+    if world_size > 1 and (args.device == "cpu" or torch.cuda.device_count() < args.num_gpus):
+        print(f"error: --num-gpus {args.num_gpus} needs {args.num_gpus} GPUs; torch sees "
+              f"{torch.cuda.device_count()}", file=sys.stderr)
+        sys.exit(2)
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,))
+    except torch.multiprocessing.ProcessExitedException as e:  # a worker printed its one-line error
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    cli()
