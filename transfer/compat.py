@@ -15,7 +15,9 @@ What it does, and why:
 - Fast COCO evaluation: without compiled ops, ``COCOeval_opt`` is replaced by ``faster_coco_eval``'s
   ``COCOeval_faster`` (stats equal pycocotools' to 1e-14; tested in tests/transfer/test_compat.py).
 - cityscapesscripts 2.3.0: ``writeDict2JSON`` cannot serialise numpy integers, and the instance evaluator
-  writes ``matches.json`` into the current working directory.
+  writes ``matches.json`` into the current working directory. Its ``evaluateMatches`` crashes with an
+  IndexError when a class has ground truth and predictions but every prediction is ignored (``cumsum`` of an
+  empty array, then ``[-1]``); seen on weakly trained models.
 """
 from __future__ import annotations
 
@@ -147,6 +149,31 @@ def _patch_cityscapesscripts() -> None:
 
     cs_eval.writeDict2JSON = write_dict_to_json
     _APPLIED.append("cityscapesscripts writeDict2JSON (numpy ints, no matches.json in cwd)")
+    if not isinstance(cs_eval.np, _EmptySafeCumsumNumpy):
+        cs_eval.np = _EmptySafeCumsumNumpy()
+        _APPLIED.append("cityscapesscripts evaluateMatches (classes whose predictions are all ignored)")
+
+
+class _EmptySafeCumsumNumpy:
+    """numpy for cityscapesscripts' instance evaluator, except that the cumsum of an empty array is [0].
+
+    ``evaluateMatches`` calls ``np.cumsum`` once, on the sorted match flags of a class, and then reads
+    element -1. With the flags empty (ground truth present, every prediction ignored) a cumsum of [0] makes
+    the rest of that code compute a precision-recall curve of one artificial point, i.e. AP 0: the value it
+    already assigns to a class with ground truth and no predictions.
+    """
+
+    def __getattr__(self, name):
+        import numpy
+
+        return getattr(numpy, name)
+
+    @staticmethod
+    def cumsum(a, *args, **kwargs):
+        import numpy
+
+        a = numpy.asarray(a)
+        return numpy.zeros(1) if a.size == 0 else numpy.cumsum(a, *args, **kwargs)
 
 
 def apply() -> list[str]:

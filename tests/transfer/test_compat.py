@@ -89,3 +89,21 @@ def test_detectron2_evaluator_uses_the_fast_stand_in():
     import faster_coco_eval
 
     assert issubclass(coco_evaluation.COCOeval_opt, faster_coco_eval.COCOeval_faster)
+
+
+def test_cityscapes_evaluator_scores_a_class_whose_predictions_are_all_ignored_as_ap_0(monkeypatch):
+    # cityscapesscripts 2.3.0 crashed here (IndexError on the cumsum of an empty array).
+    from cityscapesscripts.evaluation import evalInstanceLevelSemanticLabeling as cs_eval
+
+    monkeypatch.setattr(cs_eval.args, "instLabels", ["car", "person"])  # set by the evaluator's caller
+    label = "car"
+    gt = {"instID": 24001, "labelID": 24, "pixelCount": 5000, "medDist": 0, "distConf": 1.0,
+          "matchedPred": [], "instance": None}
+    # a prediction that overlaps nothing and lies entirely on void pixels: ignored, so no FP is counted
+    pred = {"imgName": "x.png", "predID": 0, "labelID": 24, "pixelCount": 100, "confidence": 0.9,
+            "voidIntersection": 100, "matchedGt": []}
+    matches = {"img": {"groundTruth": {name: ([gt] if name == label else []) for name in cs_eval.args.instLabels},
+                       "prediction": {name: ([pred] if name == label else []) for name in cs_eval.args.instLabels}}}
+    ap = cs_eval.evaluateMatches(matches, cs_eval.args)
+    assert np.all(ap[:, 0, :] == 0.0)  # car: ground truth, no valid prediction -> AP 0
+    assert np.all(np.isnan(ap[:, 1, :]))  # person: neither -> NaN, as cityscapesscripts defines
