@@ -1,8 +1,8 @@
 """Weighted kNN classification on frozen backbone features: the SSL monitor and the CIFAR-10 proxy evaluation.
 
-The classifier of Wu et al. (InstDisc, CVPR 2018), as used by lightly's and solo-learn's benchmarks: each test feature
-votes with its k nearest training features under cosine similarity s, neighbour i weighted by exp(s_i / t), and the
-class with the largest summed weight wins. Defaults k=200, t=0.1.
+The classifier of Wu et al. (InstDisc, CVPR 2018), as used by lightly's and solo-learn's benchmarks: each
+test feature votes with its k nearest training features under cosine similarity s, neighbour i weighted by
+exp(s_i / t), and the class with the largest summed weight wins. Defaults k=200, t=0.1.
 
     acc = evaluate_knn(model.backbone, "data/cifar10/train", "data/cifar10/test", image_size=32, device="cpu")
 
@@ -32,8 +32,8 @@ def knn_scores(features: Tensor, bank: Tensor, bank_labels: Tensor, num_classes:
                t: float = 0.1, chunk: int = 1024) -> Tensor:
     """Class scores N x C: sum over the k most cosine-similar bank entries of exp(sim / t), per class.
 
-    features: N x D, bank: M x D (normalised here, any scale is fine), bank_labels: M int. Queries go in chunks so the
-    N x M similarity matrix never exists at once (10,000 x 50,000 floats would be 2 GB).
+    features: N x D, bank: M x D (normalised here, any scale is fine), bank_labels: M int. Queries go in
+    chunks so the N x M similarity matrix never exists at once (10,000 x 50,000 floats would be 2 GB).
     """
     features = F.normalize(features.float(), dim=1)
     bank = F.normalize(bank.float(), dim=1)
@@ -59,7 +59,9 @@ def knn_predict(features: Tensor, bank: Tensor, bank_labels: Tensor, num_classes
 # ============ images and features ============
 
 def list_labelled(root: str | Path, classes: list[str] | None = None) -> tuple[list[Path], Tensor, list[str]]:
-    """ImageFolder layout ROOT/<class>/<image>. `classes` fixes the label order (the val set uses the train classes)."""
+    """ImageFolder layout ROOT/<class>/<image>.
+
+    `classes` fixes the label order (the val set uses the train classes)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"kNN folder not found: {root}")
@@ -71,7 +73,7 @@ def list_labelled(root: str | Path, classes: list[str] | None = None) -> tuple[l
     paths, labels = [], []
     for label, name in enumerate(classes):
         folder = root / name
-        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if folder.is_dir() else []
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         paths += files
         labels += [label] * len(files)
     if not paths:
@@ -80,7 +82,7 @@ def list_labelled(root: str | Path, classes: list[str] | None = None) -> tuple[l
 
 
 def load_image(path: Path, size: int) -> Tensor:
-    """uint8 3 x size x size: shorter side resized to `size` (antialiased), then centre crop. CIFAR at 32 is untouched."""
+    """uint8 3 x size x size: shorter side resized to `size` (antialiased), centre crop; CIFAR 32 px as is."""
     with Image.open(path) as im:
         img = TF.pil_to_tensor(im.convert("RGB"))
     if min(img.shape[1:]) != size:
@@ -106,7 +108,8 @@ def load_images(paths: list[Path], size: int, batch_size: int = 256, workers: in
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images: Tensor, device: str | torch.device, batch_size: int = 256) -> Tensor:
+def extract_features(backbone: nn.Module, images: Tensor, device: str | torch.device,
+                     batch_size: int = 256) -> Tensor:
     """Backbone features N x D (float32, on `device`) of uint8 images N x 3 x S x S, in eval mode.
 
     The backbone's train/eval mode is restored afterwards, so the pretraining loop can call this mid-epoch.
@@ -132,10 +135,12 @@ def extract_features(backbone: nn.Module, images: Tensor, device: str | torch.de
 
 def evaluate_knn(backbone: nn.Module, train_dir: str, val_dir: str, image_size: int, device, k: int = 200,
                  t: float = 0.1, batch_size: int = 256, workers: int = 0) -> float:
-    """Top-1 accuracy in [0, 1] of the weighted kNN classifier: bank = train_dir features, queries = val_dir."""
+    """Top-1 accuracy in [0, 1] of the weighted kNN classifier: bank = train_dir, queries = val_dir."""
     train_paths, train_labels, classes = list_labelled(train_dir)
     val_paths, val_labels, _ = list_labelled(val_dir, classes)
-    bank = extract_features(backbone, load_images(train_paths, image_size, batch_size, workers), device, batch_size)
-    queries = extract_features(backbone, load_images(val_paths, image_size, batch_size, workers), device, batch_size)
+    bank_images = load_images(train_paths, image_size, batch_size, workers)  # M x 3 x S x S uint8
+    val_images = load_images(val_paths, image_size, batch_size, workers)  # N x 3 x S x S uint8
+    bank = extract_features(backbone, bank_images, device, batch_size)
+    queries = extract_features(backbone, val_images, device, batch_size)
     pred = knn_predict(queries, bank, train_labels, len(classes), k, t)
     return (pred.cpu() == val_labels).float().mean().item()

@@ -10,12 +10,13 @@ from pretrain import knn
 
 
 def naive_knn_scores(features, bank, bank_labels, num_classes, k, t):
-    """Written the slow obvious way: per query, sort all cosine similarities, add exp(s/t) to each neighbour's class."""
+    """The slow obvious way: per query, sort all cosine similarities, add exp(s/t) to each neighbour's."""
     scores = []
     for f in features.tolist():
         sims = []
         for j, b in enumerate(bank.tolist()):
-            cos = sum(x * y for x, y in zip(f, b)) / (math.sqrt(sum(x * x for x in f)) * math.sqrt(sum(y * y for y in b)))
+            dot = sum(x * y for x, y in zip(f, b, strict=True))
+            cos = dot / (math.sqrt(sum(x * x for x in f)) * math.sqrt(sum(y * y for y in b)))
             sims.append((cos, j))
         sims.sort(reverse=True)
         row = [0.0] * num_classes
@@ -27,7 +28,8 @@ def naive_knn_scores(features, bank, bank_labels, num_classes, k, t):
 
 def test_scores_match_naive_reference():
     g = torch.Generator().manual_seed(0)
-    bank = torch.randn(60, 5, generator=g) * torch.rand(60, 1, generator=g) * 3  # norms vary: cosine must ignore them
+    # norms vary: cosine must ignore them
+    bank = torch.randn(60, 5, generator=g) * torch.rand(60, 1, generator=g) * 3
     labels = torch.randint(0, 4, (60,), generator=g)
     queries = torch.randn(9, 5, generator=g)
     for k, t in [(7, 0.1), (60, 0.5), (200, 0.1)]:  # k > bank size is clamped to the bank
@@ -63,12 +65,13 @@ def write_tree(root, per_class, colours):
         (root / c).mkdir(parents=True)
         rng = np.random.default_rng(abs(hash(c)) % 1000)
         for i in range(per_class):
-            px = np.clip(np.array(rgb) + rng.normal(0, 10, (40, 48, 3)), 0, 255).astype(np.uint8)  # not square
+            # not square
+            px = np.clip(np.array(rgb) + rng.normal(0, 10, (40, 48, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(px).save(root / c / f"{i}.png")
 
 
 class MeanColour(nn.Module):
-    """A 'backbone' whose features are the mean colour: makes the expected accuracy known (colour classes -> 1.0)."""
+    """A 'backbone' whose features are the mean colour: the expected accuracy is known (colour classes: 1)."""
 
     def forward(self, x):
         assert x.dtype == torch.float32 and x.shape[1:] == (3, 24, 24)
@@ -80,8 +83,8 @@ def test_evaluate_knn_on_image_folders(tmp_path):
     write_tree(tmp_path / "train", 6, colours)
     write_tree(tmp_path / "val", 3, colours)
     backbone = MeanColour().train()
-    acc = knn.evaluate_knn(backbone, str(tmp_path / "train"), str(tmp_path / "val"), image_size=24, device="cpu",
-                           k=5, batch_size=4)
+    acc = knn.evaluate_knn(backbone, str(tmp_path / "train"), str(tmp_path / "val"), image_size=24,
+                           device="cpu", k=5, batch_size=4)
     assert acc == 1.0
     assert backbone.training  # mode restored for the pretraining loop
 

@@ -1,0 +1,117 @@
+"""tools/proxy_benchmark.py end to end on a fake CIFAR tree (20 training images, 16 px, small heads)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tools import proxy_benchmark as pb
+
+ROOT = Path(__file__).resolve().parents[2]
+CLASSES = [f"c{i}" for i in range(10)]
+TINY = ["--train-subset", "20", "--knn-test", "10", "--batch-size", "4", "--views", "320",
+        "--eval-every-views", "80", "--poll", "0.1",
+        "--set", "image_size=16", "dim=32", "pred_dim=8", "log_every=1", "tensorboard=false"]
+
+
+def fake_cifar(root: Path, train=4, test=2):
+    rng = np.random.default_rng(0)
+    for split, n in (("train", train), ("test", test)):
+        for c, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True)
+            for i in range(n):
+                px = rng.integers(0, 60, (32, 32, 3)) + np.array([c * 20, 250 - c * 20, 100])  # class tint
+                img = Image.fromarray(px.clip(0, 255).astype(np.uint8))
+                img.save(root / split / name / f"{c * n + i:05d}.png")
+
+
+# slow: five processes each import torch (~3 s CPU apiece), two pretraining runs resume: ~30 s CPU in all
+@pytest.mark.slow
+def test_flow_with_kill_and_resume(tmp_path, monkeypatch):
+    fake_cifar(tmp_path / "c10")
+    out = tmp_path / "bench"
+    args = ["--data", str(tmp_path / "c10"), "--out", str(out), *TINY]
+    # 1) run in a child process and SIGKILL it (no clean shutdown) once FastSiam has its first kept checkpoint
+    proc = subprocess.Popen([sys.executable, "-m", "tools.proxy_benchmark", *args], cwd=ROOT,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "seed0" / "fastsiam" / "checkpoint_0001.pth"
+    deadline = time.time() + 120
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the tool and both pretraining processes
+    proc.wait()
+    assert first.exists(), "the pretraining never reached its first checkpoint"
+    assert not (out / "seed0" / "fastsiam" / "checkpoint_0004.pth").exists(), "finished before the kill"
+    first_mtime = first.stat().st_mtime_ns
+
+    # 2) the same command resumes and completes
+    assert pb.main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    evals = results["evaluations"]
+    assert first.stat().st_mtime_ns == first_mtime  # FastSiam resumed from checkpoint.pth, did not start over
+    assert sorted(evals) == ([f"seed0/fastsiam/checkpoint_{e:04d}" for e in (1, 2, 3, 4)] + ["seed0/random"]
+                             + [f"seed0/simsiam/checkpoint_{e:04d}" for e in (2, 4, 6, 8)])
+    views = {m: sorted(e["views"] for e in evals.values() if e["method"] == m)
+             for m in ("fastsiam", "simsiam")}
+    assert views["fastsiam"] == views["simsiam"] == [80, 160, 240, 320]  # same compute at every point
+    assert all(0 <= e["knn_top1"] <= 1 and e["knn"]["bank"] == 20 and e["knn"]["test"] == 10
+               for e in evals.values())
+    table = (out / "table.md").read_text()
+    assert "| 320 |" in table and "0 (random init)" in table
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # 3) a third run has nothing left to do: no training launched, no evaluation repeated
+    log_size = (out / "seed0" / "fastsiam.log").stat().st_size
+
+    def no_eval(self, backbone):
+        raise AssertionError("a finished evaluation was repeated")
+
+    monkeypatch.setattr(pb.Evaluator, "__call__", no_eval)
+    assert pb.main(args) == 0
+    assert (out / "seed0" / "fastsiam.log").stat().st_size == log_size
+    assert json.loads((out / "results.json").read_text())["evaluations"] == evals
+
+
+def test_equal_views_gives_simsiam_twice_the_epochs(tmp_path):
+    fake_cifar(tmp_path / "c10")
+    args = pb.parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), "--seeds", "0", "1",
+                          *TINY])
+    runs = pb.plan_runs(args, 20)  # batch 4: 5 iterations per epoch; FastSiam 80 views/epoch, SimSiam 40
+    by = {(r["seed"], r["name"]): r for r in runs}
+    assert len(runs) == 4 and by[1, "fastsiam"]["epochs"] == 4 and by[1, "simsiam"]["epochs"] == 8
+    assert "save_every_epochs=2" in by[0, "simsiam"]["overrides"]
+    assert "seed=1" in by[1, "simsiam"]["overrides"]
+    args.equal = "epochs"  # lightly's protocol: the same epochs, SimSiam sees half the views
+    assert {r["epochs"] for r in pb.plan_runs(args, 20)} == {4}
+
+
+def test_table_reports_mean_and_spread_over_seeds(tmp_path):
+    sig = {"bank": 5000, "test": 5000, "k": 200, "t": 0.1, "image_size": 32}
+
+    def ev(method, seed, views, acc, epoch):
+        return {"method": method, "seed": seed, "views": views, "knn_top1": acc, "epoch": epoch, "knn": sig}
+
+    results = {"evaluations": {
+        "seed0/random": ev("random", 0, 0, 0.28, 0), "seed1/random": ev("random", 1, 0, 0.30, 0),
+        "a": ev("fastsiam", 0, 1000, 0.40, 1), "b": ev("fastsiam", 1, 1000, 0.44, 1),
+        "c": ev("simsiam", 0, 1000, 0.35, 2), "d": ev("simsiam", 1, 1000, 0.35, 2)}}
+    pb.write_table(results, tmp_path / "table.md")
+    pb.write_plot(results, tmp_path / "plot.png")
+    table = (tmp_path / "table.md").read_text()
+    assert "| 1,000 | 42.00 ± 2.83 (n=2: 40.00, 44.00) (1) | 35.00 ± 0.00 (n=2: 35.00, 35.00) (2) |" in table
+    assert "| 0 (random init) | 29.00 ± 1.41" in table
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_missing_cache_is_a_one_line_error(tmp_path, capsys):
+    assert pb.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "tools.get_cifar10" in capsys.readouterr().err
+    with pytest.raises(pb.BenchError, match="multiple of the 10 classes"):
+        fake_cifar(tmp_path / "c10")
+        pb.balanced_subset(tmp_path / "c10" / "train", 15, seed=0)
