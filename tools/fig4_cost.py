@@ -30,6 +30,7 @@ from tools.plotting import (  # noqa: E402
     run_main,
     runs_for,
     save_figure,
+    scores_by,
 )
 
 FASTSIAM_VIEWS = 4  # one FastSiam epoch = one pass over the data with 4 views per image
@@ -66,13 +67,8 @@ def main(argv=None) -> int:
     plotted = 0
     for ax, protocol in zip(axes[0], args.protocol, strict=True):
         task, name = metric_for(protocol, args.metric)
-        series: dict[int, list] = {}
-        for p in pretrain:
-            s = downstream(runs, p.name, protocol, task, name, toy)
-            if s is None:
-                print(f"warning: no {task}/{name} for {p.name} on {protocol}", file=sys.stderr)
-                continue
-            series.setdefault(p.num_views, []).append((cost(p.epochs, p.num_views), s, p.name))
+        series = scores_by(runs, pretrain, protocol, task, name, toy, key=lambda p: p.num_views,
+                           point=lambda p, s: (cost(p.epochs, p.num_views), s, p.name))
         for views, pts in sorted(series.items()):
             pts.sort(key=lambda t: t[0])
             ax.errorbar([c for c, _, _ in pts], [s.mean for _, s, _ in pts],

@@ -20,7 +20,6 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tools.plotting import (  # noqa: E402
     UsageError,
-    downstream,
     metric_for,
     parse_pretrain,
     plt,
@@ -28,6 +27,7 @@ from tools.plotting import (  # noqa: E402
     run_main,
     runs_for,
     save_figure,
+    scores_by,
 )
 
 
@@ -46,13 +46,8 @@ def main(argv=None) -> int:
     plotted = 0
     for ax, protocol in zip(axes[0], args.protocol, strict=True):
         task, name = metric_for(protocol, args.metric)
-        series: dict[tuple, list] = {}
-        for p in pretrain:
-            s = downstream(runs, p.name, protocol, task, name, toy)
-            if s is None:
-                print(f"warning: no {task}/{name} for {p.name} on {protocol}", file=sys.stderr)
-                continue
-            series.setdefault((p.epochs, p.batch_size), []).append((p.num_views - 1, s))
+        series = scores_by(runs, pretrain, protocol, task, name, toy, key=lambda p: (p.epochs, p.batch_size),
+                           point=lambda p, s: (p.num_views - 1, s))
         for (epochs, batch), pts in sorted(series.items()):
             pts.sort(key=lambda t: t[0])
             ax.errorbar([k for k, _ in pts], [s.mean for _, s in pts], yerr=[s.std or 0 for _, s in pts],

@@ -103,6 +103,19 @@ def downstream(runs: list[Run], weights: str, protocol: str, task: str, name: st
     return stat(mine, task, name)
 
 
+def scores_by(runs: list[Run], pretrain: list[Pretrain], protocol: str, task: str, name: str, toy: bool,
+              key, point) -> dict:
+    """Downstream scores of the pretraining runs: {key(p): [point(p, stat), ...]}; missing ones warned."""
+    series: dict = {}
+    for p in pretrain:
+        s = downstream(runs, p.name, protocol, task, name, toy)
+        if s is None:
+            print(f"warning: no {task}/{name} for {p.name} on {protocol}", file=sys.stderr)
+            continue
+        series.setdefault(key(p), []).append(point(p, s))
+    return series
+
+
 def prefer_real(runs: list[Run]) -> tuple[list[Run], bool]:
     """Real runs if there are any, else the `_instant` toy runs (the demo): (runs, toy)."""
     real = [r for r in runs if not r.toy]
