@@ -27,13 +27,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-# The C4 protocol (Table 2) is left out: its res5 head is a bottleneck stage that a ResNet-18 cannot fill, and a
-# ResNet-50 pretraining would not fit the demo's time budget on a CPU. The test suite runs it end to end.
+# The C4 protocol (Table 2) is left out: its res5 head is a bottleneck stage that a ResNet-18 cannot fill, and
+# a ResNet-50 pretraining would not fit the demo's time budget on a CPU. The test suite runs it end to end.
 PROTOCOLS = ("coco_R_50_FPN_1x", "keypoint_R_50_FPN_2x", "cityscapes_R_50_FPN")
 # name -> (number of views, epochs): equal compute, a 2-view epoch costs half a 4-view epoch
 METHODS = {"demo_fastsiam": (4, 1), "demo_simsiam": (2, 2)}
 SIZES = {
-    # images, pretraining epoch multiplier, detection images per split, transfer protocols, detectron2 overrides
+    # images, pretraining epoch multiplier, detection images per split, transfer protocols, d2 overrides
     # (small: 60 iterations at the protocols' lr instead of the instant configs' 5 cautious ones, enough for
     # non-zero APs on the synthetic shapes; about 4 minutes in all on an idle 2-core CPU)
     "small": {"images": 48, "epoch_mult": 5, "det_images": 8, "protocols": PROTOCOLS,
@@ -57,7 +57,8 @@ def run(cmd: list[str], log: Path, env: dict | None = None) -> None:
     with open(log, "a") as f:
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                              env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         tail = log.read_text().splitlines()[-25:]
         sys.exit("\n".join(tail) + f"\ndemo: a stage failed (exit {proc.returncode}); full log: {log}")
@@ -114,7 +115,8 @@ def pretrain_done(run_dir: Path, epochs: int) -> bool:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=REPO / "demo_output", help="output folder (default: demo_output)")
+    ap.add_argument("--out", type=Path, default=REPO / "demo_output",
+                    help="output folder (default: demo_output)")
     ap.add_argument("--size", choices=sorted(SIZES), default="small", help="tiny: the test suite's size")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = ap.parse_args(argv)

@@ -41,7 +41,8 @@ def report() -> dict:
     compiled = compat.has_compiled_ops()
     stand_ins = compat.apply()
     info["detectron2"] = _version("detectron2")
-    info["detectron2_tier"] = "1 or 2 (compiled ops present)" if compiled else "3 (v0.6 sources, no compiled ops)"
+    tier = "1 or 2 (compiled ops present)" if compiled else "3 (v0.6 sources, no compiled ops)"
+    info["detectron2_tier"] = tier
     info["compiled_ops"] = compiled
     info["stand_ins"] = stand_ins
     return info

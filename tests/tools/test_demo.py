@@ -1,4 +1,4 @@
-"""`make demo`'s pipeline at its smallest size: every stage runs through the real tools, and a rerun skips them."""
+"""`make demo`'s pipeline at its smallest size: every stage runs the real tools; a rerun skips them."""
 import json
 import subprocess
 import sys
@@ -23,7 +23,8 @@ def test_demo_pipeline_tiny(tmp_path):
         assert all("loss" in json.loads(line) for line in lines)
     for name in ("demo_fastsiam", "demo_simsiam", "random_init"):
         assert (out / "weights" / f"{name}.pth").is_file()
-        results = json.loads((out / "runs" / name / "coco_R_50_FPN_1x_instant" / "seed0" / "results.json").read_text())
+        run_dir = out / "runs" / name / "coco_R_50_FPN_1x_instant" / "seed0"
+        results = json.loads((run_dir / "results.json").read_text())
         assert {"bbox", "segm"} <= set(results)
     tables = (out / "tables.md").read_text()
     for name in ("demo_fastsiam", "demo_simsiam", "random_init"):

@@ -28,7 +28,7 @@ def test_missing_compiled_op_names_the_build():
     from detectron2 import _C
 
     with pytest.raises(compat.MissingCompiledOps, match="compiled extension"):
-        _C.deform_conv_forward
+        _ = _C.deform_conv_forward
 
 
 def _coco_pair(rng, n_images=6):
@@ -54,7 +54,8 @@ def _coco_pair(rng, n_images=6):
             dets.append(d)
             aid += 1
     gt = {"images": images, "annotations": anns,
-          "categories": [{"id": 1, "name": "person", "keypoints": [str(k) for k in range(17)], "skeleton": []}]}
+          "categories": [{"id": 1, "name": "person", "keypoints": [str(k) for k in range(17)],
+                          "skeleton": []}]}
     return gt, dets
 
 
@@ -102,8 +103,9 @@ def test_cityscapes_evaluator_scores_a_class_whose_predictions_are_all_ignored_a
     # a prediction that overlaps nothing and lies entirely on void pixels: ignored, so no FP is counted
     pred = {"imgName": "x.png", "predID": 0, "labelID": 24, "pixelCount": 100, "confidence": 0.9,
             "voidIntersection": 100, "matchedGt": []}
-    matches = {"img": {"groundTruth": {name: ([gt] if name == label else []) for name in cs_eval.args.instLabels},
-                       "prediction": {name: ([pred] if name == label else []) for name in cs_eval.args.instLabels}}}
+    names = cs_eval.args.instLabels
+    matches = {"img": {"groundTruth": {n: ([gt] if n == label else []) for n in names},
+                       "prediction": {n: ([pred] if n == label else []) for n in names}}}
     ap = cs_eval.evaluateMatches(matches, cs_eval.args)
     assert np.all(ap[:, 0, :] == 0.0)  # car: ground truth, no valid prediction -> AP 0
     assert np.all(np.isnan(ap[:, 1, :]))  # person: neither -> NaN, as cityscapesscripts defines
