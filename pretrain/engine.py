@@ -47,6 +47,21 @@ def git_sha() -> str:
         return ""
 
 
+def sgd_step(net, opt, scaler, xs: list[torch.Tensor], autocast) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Forward the V views (xs: V x (N x 3 x S x S)), the Eq. 5 loss, backward and update; returns (loss, z).
+
+    The whole training step after the data: tools/bench_train.py times this same function.
+    """
+    with autocast:
+        p, z = net(xs)
+        loss = fastsiam_loss(p, z)
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    return loss, z
+
+
 def z_std(z: list[torch.Tensor]) -> float:
     """Collapse monitor: std over the batch of L2-normalised z, averaged over dimensions and views."""
     return float(torch.stack([F.normalize(zi.detach().float(), dim=1).std(dim=0).mean() for zi in z]).mean())
@@ -340,13 +355,7 @@ def train_one_epoch(run: Run, epoch: int, it: int, log: Log, stop: StopFlag) -> 
             x = run.device_aug(x.flatten(0, 1), data.generator(cfg.seed, epoch, it, d.rank))
             x = x.view(n, v, *x.shape[1:])
         xs = [x[:, i].contiguous(memory_format=run.memory_format) for i in range(v)]  # V x (N x 3 x S x S)
-        with run.autocast:
-            p, z = run.net(xs)
-            loss = fastsiam_loss(p, z)
-        run.opt.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.opt)
-        run.scaler.update()
+        loss, z = sgd_step(run.net, run.opt, run.scaler, xs, run.autocast)
 
         # ---- ranks agree on the loss and on stopping: one small all-reduce ----
         flags = torch.stack([loss.detach().float(), loss.new_tensor(float(stop.signal is not None))])

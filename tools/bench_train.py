@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from pretrain import data  # noqa: E402
 from pretrain.augment import DeviceAugment  # noqa: E402
-from pretrain.loss import fastsiam_loss  # noqa: E402
+from pretrain.engine import sgd_step  # noqa: E402
 from pretrain.model import SiameseNet  # noqa: E402
 from tools.bench_augment import make_jpegs  # noqa: E402
 
@@ -65,13 +65,7 @@ class Step:
             x = self.aug(x.flatten(0, 1), self.gen).view(n, v, *x.shape[2:])
         xs = [x[:, i].contiguous(memory_format=self.memory_format) for i in range(v)]  # V x (N x 3 x S x S)
         autocast = torch.autocast("cuda", self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
-        with autocast:
-            p, z = self.net(xs)
-            loss = fastsiam_loss(p, z)
-        self.opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.opt)
-        self.scaler.update()
+        loss, _ = sgd_step(self.net, self.opt, self.scaler, xs, autocast)
         return loss.item()  # the engine reads the loss every step: a sync, as here
 
 
