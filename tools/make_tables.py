@@ -9,7 +9,8 @@ each results.json as transfer.train_net writes it (task -> metric -> value, AP i
 to tables after stripping `_random` and `_instant`: coco_R_50_FPN_1x -> Table 1, coco_R_50_C4_1x -> Table 2,
 cityscapes_R_50_FPN -> Table 3, keypoint_R_50_FPN_2x (the paper's schedule) and keypoint_R_50_FPN_1x ->
 Table 4; Table 5 (batch size) takes the same runs by weights name. Every measured row is mean +/- sample std
-over seeds, with n, under the paper's row for the same weights and followed by the difference. Runs from
+over seeds, with n, under the paper's row for the same weights and followed by the difference; keypoint 1x
+rows are labelled "1x, paper is 2x" and get no difference (the paper's Table 4 is 2x throughout). Runs from
 `_instant` configs are marked as toy runs. A null metric (train_net writes NaN, e.g. an AP with no detections,
 as null) is missing for that seed. The paper's numbers live in tools/paper_tables.json.
 
@@ -142,10 +143,14 @@ def measured_lines(paper_row: dict | None, groups: dict, cols: list, table: dict
                       c["task"], c["metric"]) for c in cols]
         # one protocol: n = runs (seeds); Table 5 mixes protocols, so n = the most seeds any column has
         n = len(runs) if protocol else max((len(s.values) for s in cells if s), default=0)
-        label = weights if not protocol or protocol == table["protocols"][0] else f"{weights} ({protocol})"
-        paper_vals = paper_row["values"] if paper_row else []
+        # only the paper's own protocol (the first) is compared with it: a 1x keypoint run against the paper's
+        # 2x numbers would show the schedule, not the weights
+        comparable = not protocol or protocol == table["protocols"][0]
+        why = table.get("not_comparable", {}).get(protocol, "not the paper's protocol")
+        label = weights if comparable else f"{weights} ({protocol}: {why})"
+        paper_vals = paper_row["values"] if paper_row and comparable else []
         lines.append(Line("measured", label, [], cells, n, weights, protocol, toy, paper_vals))
-        if paper_row:
+        if paper_vals:
             diff = [None if s is None or p is None else s.mean - p
                     for s, p in zip(cells, paper_vals, strict=True)]
             lines.append(Line("diff", "", [], diff, None, weights, protocol, toy, paper_vals))

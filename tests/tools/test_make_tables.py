@@ -42,7 +42,7 @@ def test_paper_tables_complete():
     for t in tables.values():
         for r in t["rows"]:
             assert len(r["values"]) == len(t["columns"]) and all(isinstance(v, float) for v in r["values"])
-    # every canonical weights name of contracts.md has a paper row
+    # every weights name with a paper row (README, Tables: the names run_matrix expects)
     names = {r["weights"] for t in tables.values() for r in t["rows"]} - {None}
     assert names == {"random", "imagenet", "simsiam_r50_in1k_100ep", "fastsiam_r50_in1k_10ep",
                      "fastsiam_r50_in1k_25ep", "fastsiam_r50_in1k_25ep_bs64", "fastsiam_r50_in1k_25ep_bs128"}
@@ -176,7 +176,7 @@ def test_unmatched_weights_toy_runs_and_table5(runs, capsys):
     assert "TOY RUN" in out.split("### Table 3.")[1].split("### Table 4.")[0]
     assert "TOY RUN" not in out.split("### Table 1.")[1].split("### Table 2.")[0]
     # keypoint 1x is a row of its own, labelled, not mixed with the 2x runs
-    assert row(t[4], "fastsiam_r50_in1k_25ep (keypoint_R_50_FPN_1x)")["AP^kp"] == "60.0"
+    assert row(t[4], "fastsiam_r50_in1k_25ep (keypoint_R_50_FPN_1x: 1x, paper is 2x)")["AP^kp"] == "60.0"
     # Table 5 by weights name, one protocol per column; n per cell when seeds differ
     fs = row(t[5], "fastsiam_r50_in1k_25ep")
     assert fs["COCO FPN"] == "39.5 ± 0.50"
@@ -184,6 +184,20 @@ def test_unmatched_weights_toy_runs_and_table5(runs, capsys):
     assert line_after(t[5], "fastsiam_r50_in1k_25ep")["COCO FPN"] == "-0.2"
     assert row(t[5], "fastsiam_r50_in1k_25ep_bs64 [toy]")["CityScapes"] == "1.5"
     assert not any(r[3] == "my_new_weights" for r in t[5])  # not a batch-size run
+
+
+def test_keypoint_1x_is_not_compared_with_the_paper_2x(runs, capsys):
+    _, out, _ = run_main(capsys, runs)
+    t4 = sections(out)[4]
+    label = "fastsiam_r50_in1k_25ep (keypoint_R_50_FPN_1x: 1x, paper is 2x)"
+    assert line_after(t4, "fastsiam_r50_in1k_25ep")["Source"] == "Δ vs paper"  # 2x: compared
+    i = [r[4] for r in t4].index(label)  # 1x: no difference follows (here it is the table's last line)
+    assert t4[i + 1:] == [] or t4[i + 1][4] != "Δ vs paper"
+    assert sum(r[4] == "Δ vs paper" for r in t4) == 1  # only the 2x run's
+    rc, out, _ = run_main(capsys, runs, "--format", "csv")
+    kp1x = [r for r in csv.DictReader(io.StringIO(out))
+            if r["table"] == "4" and r["protocol"] == "keypoint_R_50_FPN_1x"]
+    assert len(kp1x) == 3 and all(r["paper"] == r["diff"] == "" and r["mean"] for r in kp1x)
 
 
 def test_csv(runs, capsys):
