@@ -1,8 +1,11 @@
 """Fig. 4: downstream AP against pretraining cost, in FastSiam-epoch equivalents.
 
     python tools/fig4_cost.py runs/ --pretrain fastsiam_r50_in1k_10ep=out/fs10 \\
-        fastsiam_r50_in1k_25ep=out/fs25 simsiam_r50_in1k_100ep=out/ss100 \\
-        --protocol coco_R_50_FPN_1x cityscapes_R_50_FPN --output fig4.png
+        fastsiam_r50_in1k_25ep=out/fs25 simsiam_r50_in1k_100ep=out/ss100 --output fig4.png
+    python tools/fig4_cost.py runs/ --pretrain ... --protocol coco_R_50_FPN_1x    # the FPN detector instead
+
+Panels as in the paper's Fig. 4: COCO with the R50-C4 detector (coco_R_50_C4_1x, AP^bb) and Cityscapes
+(cityscapes_R_50_FPN, AP^mk); --protocol draws other protocols, one panel each.
 
 --pretrain NAME=DIR links a weights name of the runs tree (RUNS/NAME/<config-stem>/...) to its pretraining
 output dir; epochs and num_views come from DIR/config.yaml. NAME=DIR@EPOCHS overrides the epochs, for weights
@@ -21,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 
 from tools.make_tables import load_paper  # noqa: E402
 from tools.plotting import (  # noqa: E402
+    PAPER_PANELS,
     UsageError,
     downstream,
     metric_for,
@@ -56,7 +60,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("runs_dir", type=Path)
     ap.add_argument("--pretrain", nargs="+", required=True, metavar="NAME=DIR[@EPOCHS]")
-    ap.add_argument("--protocol", nargs="+", default=["coco_R_50_FPN_1x"], help="one panel per protocol")
+    ap.add_argument("--protocol", nargs="+", default=PAPER_PANELS,
+                    help="one panel per protocol (default: the paper's, COCO R50-C4 and Cityscapes)")
     ap.add_argument("--metric", help="TASK/METRIC, e.g. segm/AP (default: the protocol's headline AP)")
     ap.add_argument("--no-paper", action="store_true", help="leave out the paper's points")
     ap.add_argument("--output", type=Path, default=Path("fig4_cost.png"))

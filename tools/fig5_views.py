@@ -1,8 +1,12 @@
 """Fig. 5: downstream AP against the number of target views K (the views ablation).
 
     python tools/fig5_views.py runs/ \\
-        --pretrain views2=out/v2 views3=out/v3 views4=out/v4 views6=out/v6 \\
-        --protocol coco_R_50_FPN_1x --output fig5.png
+        --pretrain views2=out/v2 views3=out/v3 views4=out/v4 views5=out/v5 --output fig5.png
+    python tools/fig5_views.py runs/ --pretrain ... --protocol coco_R_50_FPN_1x    # the FPN detector instead
+
+The paper's Fig. 5 has two panels, COCO and Cityscapes. Its COCO detector is taken to be Fig. 4's R50-C4
+(coco_R_50_C4_1x, AP^bb; an assumption: the figure names the dataset only); Cityscapes is cityscapes_R_50_FPN,
+AP^mk. --protocol draws other protocols, one panel each.
 
 --pretrain NAME=DIR links a weights name of the runs tree to its pretraining output dir; K = num_views - 1
 comes from DIR/config.yaml (K = 1 is SimSiam's single target view, K = 3 FastSiam's). Runs with different
@@ -19,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script:
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from tools.plotting import (  # noqa: E402
+    PAPER_PANELS,
     UsageError,
     metric_for,
     parse_pretrain,
@@ -36,7 +41,8 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("runs_dir", type=Path)
     ap.add_argument("--pretrain", nargs="+", required=True, metavar="NAME=DIR[@EPOCHS]")
-    ap.add_argument("--protocol", nargs="+", default=["coco_R_50_FPN_1x"], help="one panel per protocol")
+    ap.add_argument("--protocol", nargs="+", default=PAPER_PANELS,
+                    help="one panel per protocol (default: COCO R50-C4 and Cityscapes, the paper's two panels)")
     ap.add_argument("--metric", help="TASK/METRIC, e.g. segm/AP (default: the protocol's headline AP)")
     ap.add_argument("--output", type=Path, default=Path("fig5_views.png"))
     args = ap.parse_args(argv)

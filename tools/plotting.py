@@ -21,6 +21,9 @@ DEFAULT_METRIC = {"coco_R_50_FPN_1x": "bbox/AP", "coco_R_50_C4_1x": "bbox/AP",
                   "cityscapes_R_50_FPN": "segm/AP",
                   "keypoint_R_50_FPN_2x": "keypoints/AP", "keypoint_R_50_FPN_1x": "keypoints/AP"}
 
+# the panels of the paper's Figs. 4 and 5: COCO with the R50-C4 detector (AP^bb) and Cityscapes (AP^mk)
+PAPER_PANELS = ("coco_R_50_C4_1x", "cityscapes_R_50_FPN")
+
 
 class UsageError(Exception):
     """Bad input from the user: main() prints it on one line and exits with status 2."""

@@ -18,7 +18,7 @@ from tools import fig4_cost as fig4
 from tools import fig5_views as fig5
 from tools import fig6_activations as fig6
 from tools import fig7_views as fig7
-from tools.plotting import UsageError, run_main
+from tools.plotting import UsageError, plt, run_main
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -39,15 +39,40 @@ def test_fig2_simulation_numbers():
     std = sim["first_dim"].std(axis=0)
     np.testing.assert_allclose(std, 1 / np.sqrt(k), rtol=0.12)
     assert abs(sim["first_dim"].mean()) < 0.1
-    # distance to the all-views mean: strictly decreasing to 0, matching sqrt(d (1/K - 1/n))
+    # default: distance to the all-views target (the distribution's mean), sqrt(d / K): it never reaches 0,
+    # not even at K = n, where the mean of the n sampled views would be the target itself
     d = sim["distance"]
-    assert np.all(np.diff(d) < 0) and d[-1] == pytest.approx(0.0, abs=1e-9)
-    np.testing.assert_allclose(d[:-1], np.sqrt(dim * (1 / k[:-1] - 1 / n)), rtol=0.02)
+    assert np.all(np.diff(d) < 0)
+    np.testing.assert_allclose(d, np.sqrt(dim / k), rtol=0.02)
+    assert d[-1] > 0.9 * np.sqrt(dim / n)
     # K = 3 (FastSiam) is much closer than K = 1 (SimSiam)
     assert d[2] < 0.6 * d[0]
     # same seed, same numbers
     np.testing.assert_array_equal(fig2.simulate(n=n, dim=64, trials=10, seed=3)["distance"],
                                   fig2.simulate(n=n, dim=64, trials=10, seed=3)["distance"])
+
+
+def test_fig2_other_references():
+    n, dim, m = 8, 2048, 4
+    k = np.arange(1, n + 1)
+    held = fig2.simulate(n=n, dim=dim, trials=400, seed=2, reference="held-out", reference_views=m)["distance"]
+    np.testing.assert_allclose(held, np.sqrt(dim * (1 / k + 1 / m)), rtol=0.02)  # a small M adds its noise
+    sample = fig2.simulate(n=n, dim=dim, trials=400, seed=2, reference="sample")["distance"]
+    assert sample[-1] == pytest.approx(0.0, abs=1e-9)  # the old reference: the mean of the same n views
+    np.testing.assert_allclose(sample[:-1], np.sqrt(dim * (1 / k[:-1] - 1 / n)), rtol=0.02)
+    with pytest.raises(ValueError, match="reference"):
+        fig2.simulate(n=4, dim=4, trials=2, reference="mean")
+
+
+def test_fig2_default_plots_the_distance_to_the_all_views_target(monkeypatch):
+    figs = []
+    monkeypatch.setattr(fig2, "save_figure", lambda fig, path: figs.append(fig))
+    assert fig2.main(["--views", "6", "--dim", "512", "--trials", "50", "--show-k", "1", "3"]) == 0
+    right = figs[0].axes[1]
+    simulated = right.get_lines()[0].get_ydata()
+    assert "all-views" in right.get_title()
+    assert simulated[-1] == pytest.approx(np.sqrt(512 / 6), rel=0.05)  # K = n: still sqrt(d / n) away
+    plt.close(figs[0])
 
 
 def test_fig2_png_and_script(tmp_path):
@@ -68,18 +93,51 @@ def ablation(tmp_path):
     runs, pre = tmp_path / "runs", tmp_path / "pretrain"
     spec = {"ss50": (50, 2, 37.0), "ss100": (100, 2, 38.3), "fs10": (10, 4, 38.8), "fs25": (25, 4, 39.6),
             "v3": (25, 3, 39.2), "v6": (25, 6, 39.8)}
+    # per protocol: (task, offset from the FPN bbox AP above), so each panel has its own numbers
+    protocols = {"coco_R_50_FPN_1x": ("bbox", 0.0), "coco_R_50_C4_1x": ("bbox", -1.2),
+                 "cityscapes_R_50_FPN": ("segm", -5.6)}
     for name, (epochs, views, ap) in spec.items():
         (pre / name).mkdir(parents=True)
         (pre / name / "config.yaml").write_text(f"arch: resnet50\nepochs: {epochs}\nnum_views: {views}\n"
                                                 f"batch_size: 32\n")
-        for k in range(2):
-            d = runs / name / "coco_R_50_FPN_1x" / f"seed{k}"
-            d.mkdir(parents=True)
-            (d / "results.json").write_text(json.dumps({"bbox": {"AP": ap + 0.2 * k}}))
+        for protocol, (task, offset) in protocols.items():
+            for k in range(2):
+                d = runs / name / protocol / f"seed{k}"
+                d.mkdir(parents=True)
+                (d / "results.json").write_text(json.dumps({task: {"AP": ap + offset + 0.2 * k}}))
     d = runs / "imagenet" / "coco_R_50_FPN_1x" / "seed0"
     d.mkdir(parents=True)
     (d / "results.json").write_text(json.dumps({"bbox": {"AP": 39.7}}))
     return runs, {name: pre / name for name in spec}
+
+
+def drawn(module, monkeypatch, argv) -> list[tuple[str, str, list[float]]]:
+    """Run a figure script, keep its figure instead of writing it: (title, ylabel, plotted y) per panel."""
+    figs = []
+    monkeypatch.setattr(module, "save_figure", lambda fig, path: figs.append(fig))
+    assert module.main(argv) == 0
+    (fig,) = figs
+    panels = [(ax.get_title(), ax.get_ylabel(), sorted(y for line in ax.get_lines() for y in line.get_ydata()))
+              for ax in fig.axes]
+    plt.close(fig)
+    return panels
+
+
+def test_fig4_and_fig5_default_to_the_papers_panels(ablation, monkeypatch):
+    """Paper Figs. 4 and 5: COCO with the R50-C4 detector (AP^bb) and Cityscapes (AP^mk), two panels."""
+    runs, pre = ablation
+    names = [f"{n}={pre[n]}" for n in ("ss100", "fs25")]
+    for module in (fig4, fig5):
+        panels = drawn(module, monkeypatch, [str(runs), "--pretrain", *names, "--output", "unused.png"])
+        assert [(title, ylabel) for title, ylabel, _ in panels] == [("coco_R_50_C4_1x", "bbox AP"),
+                                                                   ("cityscapes_R_50_FPN", "segm AP")]
+        c4, city = panels[0][2], panels[1][2]
+        assert pytest.approx(38.3 - 1.2 + 0.1) in c4 and pytest.approx(39.6 - 5.6 + 0.1) in city  # seed means
+    # the FPN detector stays an option
+    panels = drawn(fig4, monkeypatch, [str(runs), "--pretrain", *names, "--protocol", "coco_R_50_FPN_1x",
+                                       "--no-paper", "--output", "unused.png"])
+    assert [(t, y) for t, y, _ in panels] == [("coco_R_50_FPN_1x", "bbox AP")]
+    assert pytest.approx(39.7) in panels[0][2]  # the imagenet line of the FPN runs
 
 
 def test_fig4_cost_units_and_paper_points():
@@ -107,7 +165,7 @@ def test_fig5_png_and_errors(ablation, tmp_path):
     with pytest.raises(UsageError, match="no pretraining config.yaml"):
         fig5.main([str(runs), "--pretrain", f"x={tmp_path}", "--output", str(out)])
     with pytest.raises(UsageError, match="none of the --pretrain names has results"):
-        fig5.main([str(runs), "--pretrain", f"v3={pre['v3']}", "--protocol", "cityscapes_R_50_FPN"])
+        fig5.main([str(runs), "--pretrain", f"v3={pre['v3']}", "--protocol", "keypoint_R_50_FPN_2x"])
     with pytest.raises(SystemExit) as e:  # as the command line sees it: status 2
         run_main(lambda: fig5.main([str(tmp_path / "nope"), "--pretrain", f"v3={pre['v3']}"]))
     assert e.value.code == 2
