@@ -7,12 +7,16 @@ a temp file in the same folder, fsync it, then os.replace() it over the old one 
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+
+from pretrain.config import ConfigError, base_lr
 
 
 class CheckpointError(RuntimeError):
@@ -123,3 +127,57 @@ def export_backbone(ckpt: dict) -> dict:
     """torchvision-layout ResNet state_dict (no fc) of a checkpoint dict: `backbone.` keys, prefix cut."""
     sd = ckpt["model"]
     return {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+
+
+# ---- resume: which config keys a resumed run may change ----
+# A resumed run must continue the checkpoint's trajectory: the same network, the same images, order, crops
+# and random draws (pretrain/data.py derives them from seed, epoch and index), the same optimiser and the same
+# lr at each iteration (the saved iteration count becomes an epoch and a cosine position through batch_size,
+# the image count and epochs). Every Config key is in exactly one of the two sets below
+# (tests/pretrain/test_checkpoint.py checks it); a key in neither is compared like a trajectory key.
+TRAJECTORY_KEYS = frozenset({
+    "arch", "cifar_stem", "dim", "pred_dim", "bn_mode", "sync_bn",  # the network; what BN normalises over
+    "num_views", "image_size", "crop_scale_min", "blur", "augment",  # the views (augment: another sampler)
+    "seed", "max_images", "max_image_pixels",  # which files, in which order, with which crops
+    "epochs", "batch_size", "lr", "lr_rule", "warmup_epochs",  # the schedule (lr and lr_rule: via base_lr)
+    "fix_pred_lr", "momentum", "weight_decay",  # the optimiser (its saved param groups carry fix_lr)
+})
+# Free keys change where, how fast or what is reported, not what is computed. `data` and `output_dir` are
+# paths (a folder may be mounted elsewhere; a changed iteration count per epoch is refused separately).
+# `amp`, `device`, `channels_last` and `compile` change only the precision, order or speed of the arithmetic,
+# as another GPU model would: a bf16 run resumed on a GPU without bf16 (fp16 with a fresh GradScaler) or on
+# the CPU follows the same schedule on the same data, and refusing it would strand a long run for nothing.
+FREE_KEYS = frozenset({
+    "data", "output_dir", "workers", "device", "amp", "channels_last", "compile",
+    "checkpoint_every", "save_every_epochs", "log_every", "tensorboard", "collapse_threshold",
+    "knn_train", "knn_val", "knn_every", "knn_k", "knn_t",
+})
+
+
+def resume_changes(saved: dict, cfg, iters_per_epoch: int | None = None) -> list[str]:
+    """`key old -> new` for each trajectory setting of `cfg` (a Config) that differs from `saved`, the
+    checkpoint's config (its `_run` section: the lr and iterations per epoch that run used). Keys an older
+    checkpoint lacks are not compared."""
+    current = cfg.to_dict()
+    changes = [f"{k} {saved[k]!r} -> {v!r}" for k, v in current.items()
+               if k not in FREE_KEYS and k not in ("lr", "lr_rule") and k in saved and saved[k] != v]
+    run = saved.get("_run") or {}
+    # lr and lr_rule matter only through the lr they give (lr 0.125 = lr null, fastsiam rule, batch 32)
+    old_lr = run.get("lr")
+    if old_lr is None and "lr" in saved:
+        old = {k: saved.get(k, current[k]) for k in ("lr", "lr_rule", "batch_size")}
+        old_lr = base_lr(SimpleNamespace(**old))
+    if old_lr is not None and not math.isclose(old_lr, base_lr(cfg), rel_tol=1e-9):
+        changes.append(f"lr {old_lr!r} -> {base_lr(cfg)!r}")
+    old_ipe = run.get("iters_per_epoch")
+    if iters_per_epoch is not None and old_ipe is not None and old_ipe != iters_per_epoch:
+        changes.append(f"iterations per epoch (readable images // batch_size) {old_ipe} -> {iters_per_epoch}")
+    return changes
+
+
+def check_resume(ckpt: dict, cfg, path: str | os.PathLike, iters_per_epoch: int | None = None) -> None:
+    """Raise ConfigError (one line) when `cfg` would continue checkpoint `ckpt` on another trajectory."""
+    changes = resume_changes(ckpt.get("config") or {}, cfg, iters_per_epoch)
+    if changes:
+        raise ConfigError(f"{path} was trained with other settings: {', '.join(changes)}. A resumed run must "
+                          "keep them: rerun with the checkpoint's values, or use another --output-dir")

@@ -228,12 +228,8 @@ def setup(cfg: Config, d: distributed.Dist) -> Run | None:
     # ============ resume ============
     ckpt_path = out / "checkpoint.pth"
     ckpt = checkpoint.load_checkpoint(ckpt_path) if ckpt_path.exists() else None
-    if ckpt is not None:
-        for key in ("arch", "dim", "pred_dim", "cifar_stem"):
-            old = ckpt.get("config", {}).get(key, getattr(cfg, key))
-            if old != getattr(cfg, key):
-                raise ConfigError(f"{ckpt_path} was trained with {key}={old!r}, not {getattr(cfg, key)!r}; "
-                                  "use another --output-dir")
+    if ckpt is not None:  # the same trajectory or none: only workers, logging, cadence, kNN, amp may differ
+        checkpoint.check_resume(ckpt, cfg, ckpt_path, iters_per_epoch=ipe)
     start_iter = ckpt["iteration"] if ckpt is not None else 0
     if start_iter >= cfg.epochs * ipe:
         say(d, f"{ckpt_path} has done {start_iter} of {cfg.epochs * ipe} iterations: nothing to do")

@@ -1,4 +1,6 @@
-"""Checkpoints: atomic writes keep the previous file on failure; weights_only loading refuses pickled code."""
+"""Checkpoints: atomic writes keep the previous file on failure; weights_only loading refuses pickled code;
+resume refuses a changed trajectory."""
+import dataclasses
 import errno
 import os
 import pickle
@@ -7,6 +9,7 @@ import pytest
 import torch
 
 from pretrain import checkpoint
+from pretrain.config import CHOICES, Config, ConfigError, base_lr
 from pretrain.model import SiameseNet
 
 
@@ -103,3 +106,69 @@ def test_keep_copy_survives_replacement(tmp_path, model):
     checkpoint.save_checkpoint(state, path)
     assert checkpoint.load_checkpoint(tmp_path / "checkpoint_0001.pth")["iteration"] == 7
     assert checkpoint.load_checkpoint(path)["iteration"] == 99
+
+
+# ---- resume: a changed trajectory is refused, a changed cadence or logging is not ----
+
+def _saved(cfg):
+    """What the engine stores as ckpt["config"]: the resolved config plus its _run section."""
+    return {**cfg.to_dict(), "_run": {"lr": base_lr(cfg), "iters_per_epoch": 10}}
+
+
+def _other(key, value):
+    """A valid value different from `value` for config key `key`."""
+    if key in CHOICES:
+        return next(c for c in CHOICES[key] if c != value)
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2 if value else 0.5
+    if value is None:  # lr: a number; knn_train, knn_val: a folder
+        return 0.5 if key == "lr" else "/elsewhere"
+    return value + "/elsewhere"
+
+
+def test_every_config_key_is_classified_once():
+    keys = {f.name for f in dataclasses.fields(Config)}
+    assert checkpoint.TRAJECTORY_KEYS | checkpoint.FREE_KEYS == keys
+    assert not checkpoint.TRAJECTORY_KEYS & checkpoint.FREE_KEYS
+
+
+@pytest.mark.parametrize("key", sorted(checkpoint.TRAJECTORY_KEYS))
+def test_changed_trajectory_key_is_named_with_old_and_new_value(key):
+    base = Config()
+    changed = dataclasses.replace(base, **{key: _other(key, getattr(base, key))})
+    want = [] if key in ("lr", "lr_rule") else [f"{key} {getattr(base, key)!r} -> {getattr(changed, key)!r}"]
+    if base_lr(changed) != base_lr(base):  # lr, lr_rule and batch_size: the lr they give is compared too
+        want.append(f"lr {base_lr(base)!r} -> {base_lr(changed)!r}")
+    assert want and checkpoint.resume_changes(_saved(base), changed) == want
+
+
+@pytest.mark.parametrize("key", sorted(checkpoint.FREE_KEYS))
+def test_free_keys_may_change(key):
+    base = Config()
+    changed = dataclasses.replace(base, **{key: _other(key, getattr(base, key))})
+    assert getattr(changed, key) != getattr(base, key)
+    assert checkpoint.resume_changes(_saved(base), changed, iters_per_epoch=10) == []
+
+
+def test_resume_check_message_lr_rule_and_older_checkpoints():
+    base = Config()  # batch 32, lr null, fastsiam rule: lr 0.125
+    same_lr = dataclasses.replace(base, lr=0.125, lr_rule="simsiam")  # another spelling of the same lr
+    assert checkpoint.resume_changes(_saved(base), same_lr) == []
+    saved = _saved(base)
+    del saved["seed"], saved["_run"]  # an older checkpoint without the key and without _run
+    assert checkpoint.resume_changes(saved, dataclasses.replace(base, seed=5), iters_per_epoch=3) == []
+    assert checkpoint.resume_changes(saved, dataclasses.replace(base, batch_size=64)) == [
+        "batch_size 32 -> 64", "lr 0.125 -> 0.25"]  # lr recomputed from the saved lr, lr_rule, batch_size
+    assert checkpoint.resume_changes(_saved(base), base, iters_per_epoch=9) == [
+        "iterations per epoch (readable images // batch_size) 10 -> 9"]
+    ckpt = {"config": _saved(base)}
+    with pytest.raises(ConfigError) as e:
+        checkpoint.check_resume(ckpt, dataclasses.replace(base, epochs=30, bn_mode="joint"), "out/checkpoint.pth")
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("out/checkpoint.pth was trained with other settings: ")
+    assert "bn_mode 'per_view' -> 'joint', epochs 25 -> 30." in msg and "another --output-dir" in msg
+    checkpoint.check_resume(ckpt, dataclasses.replace(base, workers=2, log_every=7), "x")  # no error

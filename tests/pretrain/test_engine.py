@@ -178,6 +178,26 @@ def test_read_only_output_dir_is_a_clear_error_and_keeps_checkpoint(reference, i
     assert (out / "checkpoint.pth").read_bytes() == before
 
 
+def test_resume_refuses_a_changed_trajectory_and_allows_changed_logging(reference, image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(reference / "checkpoint.pth", out / "checkpoint.pth")
+    before = (out / "checkpoint.pth").read_bytes()
+    args = ["--data", str(image_dir), "--output-dir", str(out), *TINY]
+    # the reference ran batch 4, seed 0, 2 epochs (lr 0.125 x 4 / 32, 4 iterations per epoch)
+    assert main([*args, "epochs=3", "batch_size=8", "seed=1", "fix_pred_lr=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {out / 'checkpoint.pth'} was trained with other")
+    for change in ("epochs 2 -> 3", "batch_size 4 -> 8", "seed 0 -> 1", "fix_pred_lr True -> False",
+                   "lr 0.015625 -> 0.03125", "iterations per epoch (readable images // batch_size) 4 -> 2"):
+        assert change in err
+    assert (out / "checkpoint.pth").read_bytes() == before and not (out / "config.yaml").exists()
+    # workers, logging, checkpoint cadence and the kNN monitor may differ: the finished run has nothing to do
+    assert main([*args, "epochs=2", "log_every=3", "checkpoint_every=0", "save_every_epochs=9",
+                 "tensorboard=true", "collapse_threshold=0.5", "knn_k=10"]) == 0
+    assert "has done 8 of 8 iterations: nothing to do" in capsys.readouterr().out
+
+
 def _tiny_cfg(data, out, *extra):
     overrides = [*TINY, "epochs=1", "checkpoint_every=1", *extra]
     return load_config(None, overrides, data=str(data), output_dir=str(out))
