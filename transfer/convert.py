@@ -14,7 +14,8 @@ The detectron2 output follows moco@7397dfe detection/convert-pretrain-to-detectr
 detectron2 then matches names by suffix, so one file serves FPN (``backbone.bottom_up.res2...``) and C4
 (``backbone.res2...`` and ``roi_heads.res5...``). A key that does not match is only a log warning in
 detectron2, so this converter is strict instead: every backbone tensor is mapped, every other tensor is a
-known head that is dropped (and listed), and anything else is an error before anything is written.
+known head that is dropped (and listed), every tensor has the shape of the ResNet its keys describe, and
+anything else is an error before anything is written.
 
 Why ``.pth`` works: detectron2 0.6 ``DetectionCheckpointer._load_file`` unpickles ``.pkl`` with plain
 ``pickle``; any other name goes through fvcore's ``torch.load`` (weights_only by default since torch 2.6), and
@@ -76,6 +77,8 @@ def _short(keys, n: int = 5) -> str:
 
 def load_checkpoint(path: str) -> dict:
     """torch.load(weights_only=True) with every failure turned into a one-line ConvertError."""
+    if os.path.isdir(path):
+        raise ConvertError(f"{path} is a directory, not a checkpoint file")
     if not os.path.isfile(path):
         raise ConvertError(f"{path}: no such file")
     if os.path.getsize(path) == 0:
@@ -130,18 +133,68 @@ def detect_format(sd: dict, path: str) -> tuple[str, str, str, dict]:
     return name, ddp + prefix, ddp, heads
 
 
-def _expected_keys(bottleneck: bool, blocks: tuple[int, ...]) -> set[str]:
-    """Every tensor of a torchvision ResNet without fc (num_batches_tracked left out: it is optional)."""
-    keys = {"conv1.weight"} | {f"bn1.{p}" for p in _BN_REQUIRED}
-    n_conv = 3 if bottleneck else 2
+def resnet_shapes(bottleneck: bool, blocks: tuple[int, ...], width: int = 64, groups: int = 1,
+                  stem: int = 7) -> dict[str, tuple[int, ...]]:
+    """Every tensor of a torchvision ResNet without fc -> its shape, in the network's order.
+
+    As torchvision's resnet.py builds it: a 64-channel stem conv of `stem` x `stem` on 3 input channels; stage
+    s (1-4) has planes = 64 * 2**(s-1); a basic block is two 3x3 convs of `planes`, a bottleneck a 1x1 to
+    `width` * 2**(s-1) channels (64 for ResNet-50, 128 for wide ones, grouped for ResNeXt), a 3x3 in `groups`
+    groups and a 1x1 to 4 * planes; block 0 of a stage gets a 1x1 projection shortcut where channels or
+    stride change. Each BatchNorm's vectors have its conv's output width; num_batches_tracked is a scalar.
+    """
+    def bn(name: str, n: int) -> dict:
+        return {f"{name}.{p}": (n,) for p in _BN_REQUIRED} | {f"{name}.num_batches_tracked": ()}
+
+    shapes = {"conv1.weight": (64, 3, stem, stem)} | bn("bn1", 64)
+    channels = 64
     for stage, n in enumerate(blocks, start=1):
+        planes = 64 * 2 ** (stage - 1)
+        inner = width * 2 ** (stage - 1)
+        out = planes * 4 if bottleneck else planes
         for i in range(n):
             b = f"layer{stage}.{i}."
-            for c in range(1, n_conv + 1):
-                keys |= {b + f"conv{c}.weight"} | {b + f"bn{c}.{p}" for p in _BN_REQUIRED}
+            if bottleneck:
+                convs = [(inner, channels, 1), (inner, inner // groups, 3), (out, inner, 1)]
+            else:
+                convs = [(planes, channels, 3), (planes, planes, 3)]
+            for c, (c_out, c_in, k) in enumerate(convs, start=1):
+                shapes |= {b + f"conv{c}.weight": (c_out, c_in, k, k)} | bn(b + f"bn{c}", c_out)
             if i == 0 and (stage > 1 or bottleneck):  # channels or stride change: a projection shortcut
-                keys |= {b + "downsample.0.weight"} | {b + f"downsample.1.{p}" for p in _BN_REQUIRED}
-    return keys
+                shapes |= {b + "downsample.0.weight": (out, channels, 1, 1)} | bn(b + "downsample.1", out)
+            channels = out
+    return shapes
+
+
+def _dims(shape) -> str:
+    return "x".join(map(str, shape)) or "scalar"
+
+
+def check_shapes(shapes: dict, depth: int, path: str) -> None:
+    """Every tensor's shape against the ResNet the keys describe; a one-line ConvertError naming the first few
+    that differ. `shapes` maps torchvision keys to shapes (tensors' or numpy arrays').
+
+    The keys fix depth and block type; the stem's kernel (7x7, or CIFAR's 3x3), the bottleneck width and the
+    groups are read from the stem and the first block, so that wide ResNets and ResNeXt pass and every other
+    tensor must agree with them."""
+    bottleneck = "layer1.0.conv3.weight" in shapes
+    blocks = tuple(len({k.split(".")[1] for k in shapes if k.startswith(f"layer{s}.")}) for s in range(1, 5))
+    stem, width, groups = 7, 64, 1
+    conv1, first, second = (tuple(shapes.get(k, ())) for k in
+                            ("conv1.weight", "layer1.0.conv1.weight", "layer1.0.conv2.weight"))
+    if len(conv1) == 4 and conv1[-1] in (3, 7):
+        stem = conv1[-1]
+    if bottleneck and len(first) == 4 and len(second) == 4 and first[0] > 0 and second[1] > 0:
+        width = first[0]
+        groups = width // second[1] if width % second[1] == 0 else 1
+    expected = resnet_shapes(bottleneck, blocks, width, groups, stem)
+    wrong = [f"{k} is {_dims(shapes[k])} (expected {_dims(v)})"
+             for k, v in expected.items() if k in shapes and tuple(shapes[k]) != v]
+    if wrong:
+        kind = "bottleneck" if bottleneck else "basic"
+        more = f" ... ({len(wrong)} in all)" if len(wrong) > 3 else ""
+        raise ConvertError(f"{path}: {len(wrong)} tensors do not fit a ResNet-{depth} ({kind} blocks "
+                           f"{'-'.join(map(str, blocks))}): {'; '.join(wrong[:3])}{more}; nothing written")
 
 
 def detectron2_name(key: str) -> str:
@@ -183,14 +236,15 @@ def split_checkpoint(sd: dict, path: str) -> dict:
         kind = "bottleneck" if bottleneck else "basic"
         raise ConvertError(f"{path}: unsupported ResNet layout ({kind} blocks {blocks}); "
                            "supported depths are 18, 34, 50, 101, 152")
-    expected = _expected_keys(bottleneck, blocks)
-    stats = [k for k in expected if k.endswith(".running_mean")]
-    optional = {k.replace(".running_mean", ".num_batches_tracked") for k in stats}  # old files lack them
+    everything = resnet_shapes(bottleneck, blocks).keys()
+    optional = {k for k in everything if k.endswith(".num_batches_tracked")}  # old files lack them
+    expected = everything - optional
     missing, extra = expected - backbone.keys(), backbone.keys() - expected - optional
     if missing or extra:
         problem = f"missing {_short(missing)}" if missing else f"unexpected {_short(extra)}"
         raise ConvertError(f"{path}: incomplete ResNet-{depth} under '{shown_prefix}': {problem}; "
                            "nothing written")
+    check_shapes({k: tuple(v.shape) for k, v in backbone.items()}, depth, path)
     return {"format": name, "prefix": shown_prefix, "depth": depth, "blocks": blocks, "backbone": backbone,
             "dropped": dropped}
 
@@ -219,6 +273,8 @@ def check_output(output_path: str, fmt: str) -> None:
     """Fail early on an output name detectron2 would misread (it picks its loader by the extension)."""
     if fmt not in ("detectron2", "torchvision"):
         raise ConvertError(f"unknown --format {fmt!r}: use detectron2 or torchvision")
+    if os.path.isdir(output_path):
+        raise ConvertError(f"{output_path} is a directory: give the output file's name")
     allowed = (".pth", ".pkl") if fmt == "detectron2" else (".pth",)
     if os.path.splitext(output_path)[1] not in allowed:
         raise ConvertError(f"{output_path}: output must end with {' or '.join(allowed)} for --format {fmt}")

@@ -202,7 +202,8 @@ def _bad_inputs(tmp: str, r18: dict) -> dict:
     good = save("good.pth", wrap("simsiam", r18)[0])
     with open(good, "rb") as f:
         data = f.read()
-    paths = {"missing file": (os.path.join(tmp, "nope.pth"), "no such file")}
+    paths = {"missing file": (os.path.join(tmp, "nope.pth"), "no such file"),
+             "a directory": (tmp, "is a directory")}
     for name, content, msg in [("empty.pth", b"", "empty"),
                                ("truncated.pth", data[: len(data) // 2], "not a readable"),
                                ("text.pth", b"hello\nworld\n", "not a readable")]:
@@ -215,6 +216,10 @@ def _bad_inputs(tmp: str, r18: dict) -> dict:
     del incomplete["state_dict"]["module.encoder_q.layer3.1.bn2.running_var"]
     resnet = torchvision.models.resnet
     odd_depth = resnet.ResNet(resnet.BasicBlock, [1, 1, 1, 1]).state_dict()
+    conv_3x3 = shape_only_sd("resnet50")  # a bottleneck's first conv is 1x1
+    conv_3x3["layer1.0.conv1.weight"] = torch.zeros(64, 64, 3, 3)
+    short_stats = dict(r18)
+    short_stats["layer2.1.bn1.running_mean"] = torch.zeros(100)  # its conv has 128 output channels
     cifar = SiameseNet(arch="resnet18", dim=16, pred_dim=8, cifar_stem=True).state_dict()
     vit = {"module.base_encoder.cls_token": torch.zeros(1, 1, 8),
            "module.base_encoder.blocks.0.attn.qkv.weight": torch.zeros(24, 8)}
@@ -227,6 +232,10 @@ def _bad_inputs(tmp: str, r18: dict) -> dict:
         "unknown keys": (save("unknown.pth", unknown), "module.encoder.extra.weight"),
         "incomplete": (save("incomplete.pth", incomplete), "layer3.1.bn2.running_var"),
         "unsupported depth": (save("odd.pth", odd_depth), "unsupported ResNet layout"),
+        "1x1 conv saved as 3x3": (save("conv3x3.pth", {"state_dict": conv_3x3}),
+                                  "layer1.0.conv1.weight is 64x64x3x3 (expected 64x64x1x1)"),
+        "running_mean of the wrong length": (save("stats.pth", short_stats),
+                                             "layer2.1.bn1.running_mean is 100 (expected 128)"),
         "CIFAR stem": (save("cifar.pth", {"model": cifar}), "CIFAR stem"),
         "detectron2 file": (save("d2.pth", {"model": {moco_rename(k): v for k, v in r18.items()}}),
                             "already in detectron2"),
@@ -247,19 +256,59 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, r18, capsys):
         assert os.listdir(out.parent) == ["weights.pth"], case  # no temp file left behind
 
 
+def test_shape_errors_name_the_first_offenders(tmp_path, r18):
+    """Every tensor of ResNet-50 weights in a ResNet-18-shaped file is wrong: the first three are named, in the
+    network's order, with the count; the keys alone (a ResNet-18's) cannot tell."""
+    r50 = shape_only_sd("resnet50")
+    mixed = {k: (r50[k] if k in r50 else v) for k, v in r18.items()}  # ResNet-18 keys, ResNet-50 shapes
+    torch.save(mixed, tmp_path / "in.pth")
+    with pytest.raises(cv.ConvertError) as e:
+        cv.convert(str(tmp_path / "in.pth"), str(tmp_path / "out.pth"))
+    msg = str(e.value)
+    assert "\n" not in msg and "do not fit a ResNet-18 (basic blocks 2-2-2-2)" in msg
+    first = msg.index("layer1.0.conv1.weight is 64x64x1x1 (expected 64x64x3x3)")
+    assert first < msg.index("layer1.1.conv1.weight is 64x256x1x1 (expected 64x64x3x3)")
+    assert msg.count("expected") == 3 and "... (23 in all)" in msg
+    assert not (tmp_path / "out.pth").exists()
+
+
+@pytest.mark.parametrize("arch,depth", [("wide_resnet50_2", 50), ("resnext50_32x4d", 50)])
+def test_wide_and_grouped_bottlenecks_pass_the_shape_check(tmp_path, arch, depth):
+    """Width and groups are read from the first block, so consistent wide ResNets and ResNeXts convert."""
+    sd = shape_only_sd(arch)
+    torch.save(sd, tmp_path / "in.pth")
+    s = cv.convert(str(tmp_path / "in.pth"), str(tmp_path / "out.pth"))
+    assert s["depth"] == depth and s["tensors_written"] == len(backbone_keys(sd))
+    assert any("WIDTH_PER_GROUP" in note for note in s["notes"])
+
+
+def test_resnet_shapes_equal_torchvision():
+    """The shape table is torchvision's own, for every depth and the wide/grouped variants."""
+    for arch, args in [("resnet18", (False, (2, 2, 2, 2))), ("resnet34", (False, (3, 4, 6, 3))),
+                       ("resnet50", (True, (3, 4, 6, 3))), ("resnet101", (True, (3, 4, 23, 3))),
+                       ("resnet152", (True, (3, 8, 36, 3))), ("wide_resnet50_2", (True, (3, 4, 6, 3), 128)),
+                       ("resnext50_32x4d", (True, (3, 4, 6, 3), 128, 32))]:
+        with torch.device("meta"):
+            sd = getattr(torchvision.models, arch)().state_dict()
+        assert cv.resnet_shapes(*args) == {k: tuple(v.shape) for k, v in sd.items() if not k.startswith("fc.")}
+
+
 def test_bad_outputs_fail_cleanly(tmp_path, r18, capsys):
     src = tmp_path / "in.pth"
     torch.save(r18, src)
     (tmp_path / "a_file").write_bytes(b"x")
     cases = {str(tmp_path / "w.pyth"): ".pth or .pkl", str(tmp_path / "w.pt"): ".pth or .pkl",
-             str(src): "is the input file", str(tmp_path / "a_file" / "w.pth"): "cannot write"}
+             str(src): "is the input file", str(tmp_path / "a_file" / "w.pth"): "cannot write",
+             str(tmp_path / "a_dir.pth"): "is a directory"}
+    (tmp_path / "a_dir.pth").mkdir()
     for out, msg in cases.items():
         assert cv.main([str(src), out]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and msg in err, err
     assert cv.main([str(src), str(tmp_path / "w.pkl"), "--format", "torchvision"]) == 2
     assert "must end with .pth" in capsys.readouterr().err
-    assert sorted(os.listdir(tmp_path)) == ["a_file", "in.pth"]
+    assert sorted(os.listdir(tmp_path)) == ["a_dir.pth", "a_file", "in.pth"]
+    assert os.listdir(tmp_path / "a_dir.pth") == []
     assert torch.equal(torch.load(src, weights_only=True)["conv1.weight"], r18["conv1.weight"])
 
 
