@@ -119,8 +119,28 @@ def load_model(path: str | os.PathLike):
     model = SiameseNet(arch=c.get("arch", "resnet50"), dim=c.get("dim", 2048),
                        pred_dim=c.get("pred_dim", 512), cifar_stem=c.get("cifar_stem", False),
                        bn_mode=c.get("bn_mode", "per_view"))
-    model.load_state_dict(ckpt["model"], strict=True)
+    load_weights(model, ckpt, path)
     return model.eval()
+
+
+def load_weights(model, ckpt: dict, path: str | os.PathLike) -> None:
+    """model.load_state_dict(ckpt["model"], strict=True), or CheckpointError naming the first mismatch.
+
+    The model is built from the checkpoint's own config, so a mismatch means the file predates a change of the
+    network: ResNet-18/34 checkpoints written before the projector's hidden layers followed SimSiam's builder
+    (the backbone's width, not `dim`) hold 512 x dim where the network now has 512 x 512."""
+    want, have = model.state_dict(), ckpt["model"]
+    for key in [*want, *have]:
+        a, b = _shape(have, key), _shape(want, key)
+        if a != b:
+            raise CheckpointError(f"checkpoint {path} does not fit the network its config describes: {key} "
+                                  f"is {a} in the file, {b} in the network (written by an older version? "
+                                  "ResNet-18/34 projectors are now as wide as the backbone, as SimSiam's)")
+    model.load_state_dict(have, strict=True)
+
+
+def _shape(sd: dict, key: str) -> str:
+    return "missing" if key not in sd else "x".join(map(str, sd[key].shape)) or "a scalar"
 
 
 def export_backbone(ckpt: dict) -> dict:

@@ -36,7 +36,7 @@ class Config:
     # ---- model ----
     arch: str = "resnet50"  # paper: ResNet-50
     cifar_stem: bool = False  # 3x3 stride-1 conv1 and no max-pool, for 32 px images
-    dim: int = 2048  # projector width, SimSiam/FastSiam
+    dim: int = 2048  # projector output width (hidden layers: the backbone width, as SimSiam builder.py)
     pred_dim: int = 512  # predictor bottleneck, SimSiam
     # per_view: each view its own BN batch (SimSiam semantics); joint: all V views as one batch (faster)
     bn_mode: str = "per_view"

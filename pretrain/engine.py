@@ -274,7 +274,7 @@ def setup(cfg: Config, d: distributed.Dist) -> Run | None:
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
     meters, runtime_bad = {"loss_sum": 0.0, "count": 0}, set()
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"], strict=True)
+        checkpoint.load_weights(model, ckpt, ckpt_path)  # strict; one line naming a mismatched tensor
         opt.load_state_dict(ckpt["optimizer"])
         if ckpt.get("scaler") and scaler.is_enabled():
             scaler.load_state_dict(ckpt["scaler"])

@@ -3,7 +3,8 @@
 SimSiam (Chen & He, 2021), Sec. 3: "The projection MLP (in f) has BN applied to each fully-connected (fc)
 layer, including its output fc. Its output fc has no ReLU. The hidden fc is 2048-d. This MLP has 3 layers. The
 prediction MLP (h) has BN applied to its hidden fc layers. Its output fc does not have BN or ReLU. This MLP
-has 2 layers." FastSiam keeps the network and changes only the target (pretrain/loss.py).
+has 2 layers." FastSiam keeps the network and changes only the target (pretrain/loss.py). The 2048-d hidden
+fc is ResNet-50's feature width: SimSiam's code sizes it by the backbone (512-d for ResNet-18, `projector`).
 
 BatchNorm over views (a deliberate choice): with bn_mode="per_view" (default) every view is its own forward
 pass, so BN statistics are computed per view as in SimSiam's `forward(x1, x2)` and lightly's FastSiam example;
@@ -19,12 +20,16 @@ import torch.nn as nn
 import torchvision
 
 
-def projector(in_dim: int, dim: int) -> nn.Sequential:
+def projector(feat_dim: int, dim: int) -> nn.Sequential:
+    """feat_dim -> feat_dim -> feat_dim -> dim, as SimSiam's builder (facebookresearch/simsiam,
+    simsiam/builder.py): its two hidden fc layers are `prev_dim` wide, the backbone's feature width
+    (`encoder.fc.weight.shape[1]`), and only the output fc is `dim`. ResNet-50: 2048-2048-2048-2048;
+    ResNet-18/34: 512-512-512-dim."""
     # no bias before BN: it would be cancelled by the BN mean (SimSiam freezes that bias, fc[6], instead)
     return nn.Sequential(
-        nn.Linear(in_dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-        nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim), nn.ReLU(inplace=True),
-        nn.Linear(dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False),
+        nn.Linear(feat_dim, feat_dim, bias=False), nn.BatchNorm1d(feat_dim), nn.ReLU(inplace=True),
+        nn.Linear(feat_dim, feat_dim, bias=False), nn.BatchNorm1d(feat_dim), nn.ReLU(inplace=True),
+        nn.Linear(feat_dim, dim, bias=False), nn.BatchNorm1d(dim, affine=False),
     )
 
 

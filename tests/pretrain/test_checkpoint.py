@@ -172,3 +172,22 @@ def test_resume_check_message_lr_rule_and_older_checkpoints():
     assert "\n" not in msg and msg.startswith("out/checkpoint.pth was trained with other settings: ")
     assert "bn_mode 'per_view' -> 'joint', epochs 25 -> 30." in msg and "another --output-dir" in msg
     checkpoint.check_resume(ckpt, dataclasses.replace(base, workers=2, log_every=7), "x")  # no error
+
+
+def test_checkpoint_that_does_not_fit_its_network_is_one_clear_error(tmp_path, model):
+    """A ResNet-18 checkpoint from before the projector followed SimSiam's widths: 512 -> dim in its first fc."""
+    state = _state(model)
+    old = dict(state["model"])
+    old["projector.0.weight"] = torch.zeros(32, 512)  # the old layout: Linear(512, dim=32)
+    path = tmp_path / "old.pth"
+    checkpoint.save_checkpoint({**state, "model": old}, path)
+    with pytest.raises(checkpoint.CheckpointError) as e:
+        checkpoint.load_model(path)
+    assert str(e.value) == (
+        f"checkpoint {path} does not fit the network its config describes: projector.0.weight is 32x512 in the "
+        "file, 512x512 in the network (written by an older version? ResNet-18/34 projectors are now as wide as "
+        "the backbone, as SimSiam's)")
+    del old["projector.0.weight"]
+    checkpoint.save_checkpoint({**state, "model": old}, path)
+    with pytest.raises(checkpoint.CheckpointError, match="projector.0.weight is missing in the file"):
+        checkpoint.load_model(path)

@@ -36,6 +36,19 @@ def test_projector_and_predictor_layout():
     assert [type(m_) for m_ in m.predictor] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear]
 
 
+@pytest.mark.parametrize("arch, feat", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048)])
+def test_projector_hidden_width_is_the_backbone_width(arch, feat):
+    """SimSiam's builder (facebookresearch/simsiam simsiam/builder.py): hidden fc layers prev_dim wide, the
+    backbone's feature width; only the output fc is `dim`. ResNet-18: 512-512-512-2048."""
+    m = SiameseNet(arch, dim=2048, pred_dim=512)
+    lin = [m_ for m_ in m.projector if isinstance(m_, nn.Linear)]
+    assert [(fc.in_features, fc.out_features) for fc in lin] == [(feat, feat), (feat, feat), (feat, 2048)]
+    bns = [m_.num_features for m_ in m.projector if isinstance(m_, nn.BatchNorm1d)]
+    assert bns == [feat, feat, 2048]
+    p, z = m.eval()([torch.randn(2, 3, 32, 32)])
+    assert p[0].shape == z[0].shape == (2, 2048)
+
+
 def test_backbone_is_torchvision_resnet_without_fc():
     m = SiameseNet("resnet50")
     ref = torchvision.models.resnet50().state_dict()
