@@ -7,14 +7,19 @@
         --configs configs/transfer/cityscapes_R_50_FPN.yaml --seeds 0 --runs runs/ --dry-run
     python tools/run_matrix.py ... -- SOLVER.IMS_PER_BATCH 8 SOLVER.BASE_LR 0.01   # extra KEY VALUE overrides
     python tools/run_matrix.py ... --trainer "python -m transfer.train_net --ims-per-gpu 2"   # trainer flags
+    python tools/run_matrix.py ... --launcher slurm --partition gpu --gpus-per-node 8 [--nodes 2] [--dry-run]
+    python tools/run_matrix.py ... --status        # one line per cell: done, pending, queued, running, failed
 
 Each cell runs
     python -m transfer.train_net --config-file CFG \
         OUTPUT_DIR RUNS/<name>/<stem>/seed<k> MODEL.WEIGHTS PATH SEED <k> [extra]
 A cell whose results.json exists is skipped, so an interrupted matrix resumes where it stopped; a cell cut off
-mid-training (OUTPUT_DIR/last_checkpoint exists) restarts with --resume. The `random` row trains from scratch
-with each protocol's `_random` config and MODEL.WEIGHTS "" (an `_instant` config without a `_random` twin is
-itself random-init unless given weights, so it serves as its own twin). A failed cell does not stop the
+mid-training (OUTPUT_DIR/last_checkpoint exists) restarts with --resume. --launcher local (the default) runs the
+cells one after another here; --launcher slurm submits one Slurm job per cell through submitit and returns (a cell
+whose job is queued or running is not submitted twice; a preempted or timed-out job is requeued and resumes);
+--launcher submitit-local runs the same jobs through submitit's LocalExecutor here (tools/launch/).
+The `random` row trains from scratch with each protocol's `_random` config and MODEL.WEIGHTS "" (an `_instant`
+config without a `_random` twin is itself random-init unless given weights, so it serves as its own twin). A failed cell does not stop the
 others; the exit status is 1 if any failed.
 """
 from __future__ import annotations
@@ -22,37 +27,18 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 RANDOM = "random"
 REPO = Path(__file__).resolve().parents[1]
 WEIGHT_SUFFIXES = (".pth", ".pkl")
+if str(REPO) not in sys.path:  # run as a script: tools.launch and pretrain import from this checkout
+    sys.path.insert(0, str(REPO))
 
-
-@dataclass
-class Cell:
-    name: str
-    weights: Path | None  # None: random init (MODEL.WEIGHTS "")
-    config: Path
-    seed: int
-    out: Path
-
-    def command(self, trainer: list[str], num_gpus: int | None, extra: list[str]) -> list[str]:
-        cmd = [*trainer, "--config-file", str(self.config)]
-        if num_gpus is not None:
-            cmd += ["--num-gpus", str(num_gpus)]
-        if (self.out / "last_checkpoint").exists():  # detectron2 resumes from OUTPUT_DIR's last checkpoint
-            cmd.append("--resume")
-        cmd += ["OUTPUT_DIR", str(self.out)]
-        cmd += ["MODEL.WEIGHTS", "" if self.weights is None else str(self.weights)]
-        return cmd + ["SEED", str(self.seed), *extra]
-
-
-class UsageError(Exception):
-    pass
+from pretrain.submit import UsageError, add_resource_arguments, resources_from_args  # noqa: E402
+from tools.launch import local, slurm  # noqa: E402
+from tools.launch.cell import Cell  # noqa: E402
 
 
 def random_config(cfg: Path) -> Path:
@@ -126,36 +112,48 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="+", type=Path, required=True, help="protocol configs")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; one run each (default: 0)")
     ap.add_argument("--runs", type=Path, required=True, help="runs tree: RUNS/<name>/<config-stem>/seed<k>/")
-    ap.add_argument("--num-gpus", type=int, help="passed to the trainer")
+    ap.add_argument("--num-gpus", type=int, help="passed to the trainer (local launcher)")
     ap.add_argument("--trainer", default=f"{shlex.quote(sys.executable)} -m transfer.train_net",
                     help="trainer command line (default: this Python's -m transfer.train_net)")
-    ap.add_argument("--dry-run", action="store_true", help="print the commands of the cells left to run")
+    ap.add_argument("--dry-run", action="store_true", help="print what would run or be submitted for each "
+                    "cell left to run (with --launcher slurm: resources, command, output folder)")
+    ap.add_argument("--status", action="store_true", help="print one line per cell and exit")
+    ap.add_argument("--launcher", choices=("local", "slurm", slurm.LOCAL), default="local",
+                    help="local: one after another here (default); slurm: one Slurm job per cell (submitit); "
+                         f"{slurm.LOCAL}: the Slurm path through submitit's LocalExecutor, here")
+    slurm_opts = ap.add_argument_group("Slurm jobs (--launcher slurm or submitit-local)")
+    add_resource_arguments(slurm_opts, "CPUs per job and machine (default: 6 per GPU: detectron2's 4 data "
+                                       "workers per GPU process and the process itself, with room)")
     args = ap.parse_args(argv)
     try:
         weights = parse_weights(args.weights, args.weights_dir, args.random)
         cells = plan(weights, args.configs, args.seeds, args.runs)
+        if args.launcher != "local" and args.num_gpus is not None:
+            raise UsageError("--num-gpus is for the local launcher; Slurm jobs take --gpus-per-node")
+        res = None if args.launcher == "local" or args.status else resources_from_args(
+            args, tasks_per_node=1, cpus_per_task=6 * max(args.gpus_per_node, 1))
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.status:
+        lines = slurm.status_lines(cells)
+        print("\n".join(lines))
+        counts = {}
+        for line in lines:
+            counts[line.split()[0]] = counts.get(line.split()[0], 0) + 1
+        print(f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
+        return 0
     trainer = shlex.split(args.trainer)
-    # `-m transfer.train_net` must import from this checkout whatever the working directory
-    pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-    env = dict(os.environ, PYTHONPATH=pythonpath)
-    todo = [c for c in cells if not (c.out / "results.json").is_file()]
+    todo = [c for c in cells if not c.done]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run", file=sys.stderr)
-    failed = []
-    for i, cell in enumerate(todo, 1):
-        cmd = cell.command(trainer, args.num_gpus, extra)
-        if args.dry_run:
-            print(shlex.join(cmd))
-            continue
-        print(f"[{i}/{len(todo)}] {cell.out}", file=sys.stderr, flush=True)
-        cell.out.mkdir(parents=True, exist_ok=True)
-        rc = subprocess.run(cmd, env=env).returncode
-        if rc != 0 or not (cell.out / "results.json").is_file():
-            why = f"exit status {rc}" if rc != 0 else "no results.json written"
-            print(f"[{i}/{len(todo)}] FAILED {cell.out}: {why}", file=sys.stderr, flush=True)
-            failed.append(cell)
+    if args.launcher == "local":
+        # `-m transfer.train_net` must import from this checkout whatever the working directory
+        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, PYTHONPATH=pythonpath)
+        flags = [] if args.num_gpus is None else ["--num-gpus", str(args.num_gpus)]
+        failed = local.run(todo, trainer, flags, extra, env, args.dry_run)
+    else:
+        failed = slurm.submit(todo, trainer, extra, res, args.launcher, args.dry_run)
     if failed:
         lines = "\n".join(f"  {c.out}" for c in failed)
         print(f"{len(failed)} of {len(todo)} cells failed:\n{lines}", file=sys.stderr)

@@ -1,0 +1,153 @@
+"""tools/run_matrix.py --launcher slurm / submitit-local (tools/launch/slurm.py) without a Slurm cluster: dry
+runs, the multi-node detectron2 flags, and the real submission path through submitit's LocalExecutor."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shlex
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tools import run_matrix
+from tools.launch import slurm
+from tools.launch.cell import Cell
+
+REPO = Path(__file__).resolve().parents[2]
+INSTANT = REPO / "configs" / "transfer" / "instant"
+
+# Stands in for `python -m transfer.train_net`. First run: leaves a checkpoint, checks that Slurm's preemption
+# signal (USR2, which Slurm sends to every process of the job) does not kill it, then asks its submitit task to
+# checkpoint-and-requeue, as Slurm would, and waits to be stopped. A run with --resume writes results.json.
+PREEMPTED_TRAINER = """
+import json, os, signal, sys, time
+from pathlib import Path
+argv = sys.argv[1:]
+out = Path(argv[argv.index("OUTPUT_DIR") + 1])
+with open(os.environ["FAKE_LOG"], "a") as f:
+    f.write(json.dumps(argv) + "\\n")
+if "--resume" in argv:
+    (out / "results.json").write_text(json.dumps({"bbox": {"AP": 1.0}}))
+    sys.exit(0)
+(out / "last_checkpoint").write_text("model_0000004.pth")
+os.kill(os.getpid(), signal.SIGUSR2)  # ignored in the trainer: only the submitit task acts on it
+os.kill(os.getppid(), signal.SIGUSR2)  # the submitit task: stop this trainer, requeue the job
+time.sleep(60)
+sys.exit(5)  # not reached when the task stops us
+"""
+
+
+def test_dry_run_prints_the_job_of_every_pending_cell(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    done = runs / "random/coco_R_50_FPN_1x_random/seed0"
+    done.mkdir(parents=True)
+    (done / "results.json").write_text("{}")
+    cut = runs / "random/coco_R_50_FPN_1x_random/seed1"
+    cut.mkdir(parents=True)
+    (cut / "last_checkpoint").write_text("model_0000999.pth")
+    args = ["--random", "--seeds", "0", "1", "2", "--runs", str(runs), "--configs",
+            str(REPO / "configs/transfer/coco_R_50_FPN_1x.yaml"), str(REPO / "configs/transfer/coco_R_50_C4_1x.yaml"),
+            "--launcher", "slurm", "--dry-run", "--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu",
+            "--account", "lab", "--qos", "high", "--timeout-min", "600", "--slurm-arg", "constraint=a100",
+            "--slurm-arg", "mem=0", "--", "SOLVER.CHECKPOINT_PERIOD", "2000"]
+    assert run_matrix.main(args) == 0
+    out = capsys.readouterr()
+    blocks = out.out.split("\n[")
+    assert len(blocks) == 5 and "6 cells, 1 done, 5 to run" in out.err  # 2 protocols x 3 seeds, one done
+    for block in blocks:
+        head, res, cmd, output = block.strip().splitlines()
+        assert res.split(None, 1)[1] == ("nodes=2 gpus_per_node=8 tasks_per_node=1 cpus_per_task=48 "
+                                         "timeout_min=600 partition=gpu account=lab qos=high constraint=a100 mem=0")
+        cmd = shlex.split(cmd.split(None, 1)[1])
+        assert cmd[cmd.index("--num-gpus"):cmd.index("--num-gpus") + 8] == [
+            "--num-gpus", "8", "--num-machines", "2", "--machine-rank", "<node-rank>",
+            "--dist-url", "tcp://<first-node>:<port>"]
+        assert cmd[-2:] == ["SOLVER.CHECKPOINT_PERIOD", "2000"]
+        folder = Path(cmd[cmd.index("OUTPUT_DIR") + 1])
+        assert folder.is_absolute() and head.endswith(f"random/{folder.parent.name}/{folder.name}")
+        assert output.split()[1] == str(folder) and str(folder / "submitit") in output
+        assert ("--resume" in cmd) == (folder == cut.resolve())
+    assert not any(runs.rglob("submitit"))  # nothing submitted, no job folder
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--launcher", "slurm"], "srun is not on PATH"),
+    (["--launcher", "slurm", "--dry-run", "--slurm-arg", "constraint"], "expected KEY=VALUE"),
+    (["--launcher", "slurm", "--dry-run", "--num-gpus", "8"], "--gpus-per-node"),
+    (["--launcher", "submitit-local", "--nodes", "2"], "this machine only"),
+], ids=["no-slurm", "bad-slurm-arg", "num-gpus", "local-multi-node"])
+def test_bad_slurm_options_exit_2(tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun, whatever this machine has
+    args = ["--random", "--runs", str(tmp_path / "runs"), "--configs",
+            str(INSTANT / "coco_R_50_FPN_1x_instant.yaml"), *extra]
+    assert run_matrix.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_multi_node_cell_takes_rank_and_address_from_the_job():
+    cell = Cell("w", Path("/w.pth"), Path("c.yaml"), 0, Path("/runs/w/c/seed0"))
+    job = slurm.CellJob(cell, ["train"], ["A", "1"], nodes=4, gpus_per_node=8)
+    envs = [SimpleNamespace(node=n, hostnames=["gpu-a17", "gpu-a18", "gpu-b01", "gpu-b02"], job_id="771")
+            for n in range(4)]
+    cmds = [job.command(e) for e in envs]
+    for n, cmd in enumerate(cmds):
+        i = cmd.index("--num-gpus")
+        assert cmd[i:i + 6] == ["--num-gpus", "8", "--num-machines", "4", "--machine-rank", str(n)]
+        assert cmd[i + 6] == "--dist-url" and cmd[i + 7].startswith("tcp://gpu-a17:")
+    assert len({c[c.index("--dist-url") + 1] for c in cmds}) == 1  # every machine meets at one address
+    single = slurm.CellJob(cell, ["train"], [], nodes=1, gpus_per_node=8).command(envs[0])
+    assert "--num-machines" not in single and single[single.index("--num-gpus") + 1] == "8"
+    cpu = slurm.CellJob(cell, ["train"], [], nodes=1, gpus_per_node=0).command(envs[0])
+    assert "--num-gpus" not in cpu  # the trainer's default: one process
+
+
+def test_preempted_cell_is_requeued_and_resumes(tmp_path, monkeypatch, capsys):
+    trainer = tmp_path / "trainer.py"
+    trainer.write_text(PREEMPTED_TRAINER)
+    log = tmp_path / "calls.log"
+    monkeypatch.setenv("FAKE_LOG", str(log))
+    runs = tmp_path / "runs"
+    args = ["--random", "--runs", str(runs), "--configs", str(INSTANT / "coco_R_50_FPN_1x_instant.yaml"),
+            "--launcher", "submitit-local", "--gpus-per-node", "0", "--timeout-min", "5",
+            "--trainer", f"{shlex.quote(sys.executable)} {shlex.quote(str(trainer))}"]
+    assert run_matrix.main(args) == 0
+    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    assert ["--resume" in c for c in calls] == [False, True]  # one preemption, then resumed
+    out = runs / "random/coco_R_50_FPN_1x_instant/seed0"
+    assert (out / "results.json").is_file()
+    job_log = "".join(p.read_text() for p in (out / "submitit").glob("*_log.*"))
+    assert "Requeued job" in job_log and "stopping the child, then requeueing" in job_log
+    capsys.readouterr()
+    assert run_matrix.main(args + ["--status"]) == 0
+    assert capsys.readouterr().out.split() == ["done", str(out)]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("detectron2") is None, reason="needs detectron2")
+def test_two_instant_cells_through_submitit_then_skipped(tmp_path, monkeypatch, capsys):
+    """The real trainer on two instant cells, each a submitit job run by LocalExecutor; a rerun submits none."""
+    from tools import make_detection_data
+
+    make_detection_data.make_all(str(tmp_path / "data"), num_images=10, seed=0)
+    monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runs = tmp_path / "runs"
+    args = ["--random", "--seeds", "0", "1", "--runs", str(runs), "--configs",
+            str(INSTANT / "coco_R_50_FPN_1x_instant.yaml"), "--launcher", "submitit-local",
+            "--gpus-per-node", "0", "--timeout-min", "10", "--", "SOLVER.MAX_ITER", "2"]
+    assert run_matrix.main(args) == 0, capsys.readouterr().err
+    cells = [runs / f"random/coco_R_50_FPN_1x_instant/seed{k}" for k in (0, 1)]
+    for out in cells:
+        assert set(json.loads((out / "results.json").read_text())) == {"bbox", "segm"}
+        record = json.loads((out / "submitit/job.json").read_text())
+        assert record["launcher"] == "submitit-local"
+        assert (out / "submitit" / f"{record['job_id']}_0_result.pkl").is_file()  # submitit's job record
+    capsys.readouterr()
+    assert run_matrix.main(args) == 0
+    err = capsys.readouterr().err
+    assert "2 cells, 2 done, 0 to run" in err and "job" not in err
+    assert run_matrix.main(["--status", *args]) == 0
+    assert [line.split() for line in capsys.readouterr().out.splitlines()] == [["done", str(c)] for c in cells]

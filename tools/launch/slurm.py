@@ -1,0 +1,103 @@
+"""The Slurm launcher: one submitit job per cell, requeued on preemption or time limit; and the matrix status.
+
+A cell's job has one task per machine; each task runs the trainer, whose detectron2 `launch` starts one process
+per GPU. With several machines the task passes detectron2 its machine rank and rendezvous address, taken from the
+job's environment (submitit.JobEnvironment): --num-machines N --machine-rank <Slurm node id> --dist-url
+tcp://<first node of the job>:<port from the job id>. When Slurm announces the time limit or a preemption,
+submitit calls CellJob.checkpoint() (pretrain/submit.py's ChildJob): the trainer is stopped, the job requeued,
+and the requeued job starts the trainer with --resume, from detectron2's last checkpoint in OUTPUT_DIR (the work
+since SOLVER.CHECKPOINT_PERIOD's last save is done again). Job records live in OUTPUT_DIR/submitit/.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from pretrain.submit import ChildJob, Resources, job_status, make_executor, master_port, write_record
+from tools.launch.cell import Cell
+
+LOCAL = "submitit-local"
+
+
+def d2_flags(gpus_per_node: int, nodes: int, machine_rank, master_addr: str, port) -> list[str]:
+    """detectron2's launch options for one machine of a job (default_argument_parser's names)."""
+    flags = ["--num-gpus", str(gpus_per_node)] if gpus_per_node > 0 else []  # 0: one process on the CPU
+    if nodes > 1:
+        flags += ["--num-machines", str(nodes), "--machine-rank", str(machine_rank),
+                  "--dist-url", f"tcp://{master_addr}:{port}"]
+    return flags
+
+
+class CellJob(ChildJob):
+    """The trainer for one cell, as machine `node` of the job."""
+
+    def __init__(self, cell: Cell, trainer: list[str], extra: list[str], nodes: int, gpus_per_node: int):
+        super().__init__([])
+        self.cell, self.trainer, self.extra = cell, list(trainer), list(extra)
+        self.nodes, self.gpus_per_node = nodes, gpus_per_node
+
+    def command(self, job_env) -> list[str]:
+        flags = d2_flags(self.gpus_per_node, self.nodes, job_env.node, job_env.hostnames[0],
+                         master_port(job_env.job_id))
+        return self.cell.command(self.trainer, flags, self.extra)
+
+    def check_done(self, job_env) -> None:
+        if job_env.node == 0 and not self.cell.done:  # the main process writes results.json
+            raise RuntimeError(f"the trainer exited 0 without writing {self.cell.out / 'results.json'}")
+
+
+def folder(cell: Cell) -> Path:
+    return cell.out / "submitit"
+
+
+def submit(todo: list[Cell], trainer: list[str], extra: list[str], res: Resources, launcher: str,
+           dry_run: bool) -> list[Cell]:
+    """Submit one job per cell (print them with dry_run); a cell whose job is queued or running is left alone.
+    submitit-local runs each job on this machine and waits for it. Returns the cells that failed."""
+    failed = []
+    for i, cell in enumerate(todo, 1):
+        cell = replace(cell, out=cell.out.resolve())  # the job may start in another working directory
+        job = CellJob(cell, trainer, extra, res.nodes, res.gpus_per_node)
+        tag = f"[{i}/{len(todo)}]"
+        if dry_run:
+            flags = d2_flags(res.gpus_per_node, res.nodes, "<node-rank>", "<first-node>", "<port>")
+            print(f"{tag} {cell.name}/{cell.config.stem}/seed{cell.seed}\n  resources: {res.describe()}\n"
+                  f"  command:   {shlex.join(cell.command(trainer, flags, extra))}\n"
+                  f"  output:    {cell.out}  (job records: {folder(cell)})")
+            continue
+        status = job_status(folder(cell))
+        if status.active:
+            print(f"{tag} already {status.state} as job {status.job_id}: {cell.out}", file=sys.stderr)
+            continue
+        folder(cell).mkdir(parents=True, exist_ok=True)
+        ex = make_executor(launcher, folder(cell), res, name=f"{cell.name}:{cell.config.stem}:seed{cell.seed}")
+        sub = ex.submit(job)
+        write_record(folder(cell), sub, launcher, cell.command(trainer, [], extra), res)
+        print(f"{tag} job {sub.job_id}: {cell.out}", file=sys.stderr, flush=True)
+        if launcher == LOCAL:  # this machine runs it: one cell at a time, as the local launcher does
+            sub.wait()
+            if sub.exception() is not None or not cell.done:
+                print(f"{tag} FAILED {cell.out}: {job_status(folder(cell)).detail}", file=sys.stderr, flush=True)
+                failed.append(cell)
+    return failed
+
+
+def status_lines(cells: list[Cell]) -> list[str]:
+    """One line per cell: done, pending (not submitted), queued / running (job id), failed (tail of its log)."""
+    lines = []
+    for cell in cells:
+        if cell.done:
+            state, note = "done", ""
+        else:
+            st = job_status(folder(cell))
+            if st.state == "none":
+                resumes = (cell.out / "last_checkpoint").exists()
+                state, note = "pending", "  (has a checkpoint: resumes)" if resumes else ""
+            elif st.state == "finished":  # the job ended well but the trainer wrote no results.json
+                state, note = "failed", f"  job {st.job_id}: finished without results.json"
+            else:
+                state, note = st.state, f"  job {st.job_id}" + (f": {st.detail}" if st.detail else "")
+        lines.append(f"{state:<8} {cell.out}{note}")
+    return lines
