@@ -249,7 +249,7 @@ def split_checkpoint(sd: dict, path: str) -> dict:
             "dropped": dropped}
 
 
-def _atomic_write(path: str, write) -> None:
+def atomic_write(path: str, write) -> None:
     """write(file) into a temp file next to `path`, then os.replace: never a half-written output."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -313,7 +313,7 @@ def convert(input_path: str, output_path: str, fmt: str = "detectron2") -> dict:
         payload = {"model": model, "__author__": AUTHOR, "matching_heuristics": True}
         save = pickle.dump if ext == ".pkl" else torch.save
     try:
-        _atomic_write(output_path, lambda f: save(payload, f))
+        atomic_write(output_path, lambda f: save(payload, f))
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
         raise ConvertError(f"cannot write {output_path}: {_first_line(e)}") from None
     return {"input": input_path, "output": output_path, "output_format": fmt,

@@ -9,7 +9,9 @@ import torch
 import yaml
 
 from tests.transfer.conftest import REPO
+from tools import make_tables
 from transfer import compat
+from transfer.imagenet_weights import MSRA_INPUT, MSRA_URL, TORCHVISION_INPUT
 
 compat.apply()
 
@@ -21,10 +23,15 @@ STEMS = ("coco_R_50_FPN_1x", "coco_R_50_C4_1x", "keypoint_R_50_FPN_2x", "keypoin
          "cityscapes_R_50_FPN")
 FPN_SIZES = (640, 672, 704, 736, 768, 800)
 
-# torchvision-layout weights and a trainable ResNet-50 with BN: every protocol (protocols.md section 4)
-COMMON = {"MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53], "MODEL.PIXEL_STD": [58.395, 57.12, 57.375],
-          "INPUT.FORMAT": "RGB", "MODEL.RESNETS.STRIDE_IN_1X1": False, "MODEL.BACKBONE.FREEZE_AT": 0,
-          "MODEL.RESNETS.DEPTH": 50, "MODEL.RESNETS.NORM": "SyncBN", "TEST.PRECISE_BN.ENABLED": True}
+# a trainable ResNet-50 with BN: every protocol (MoCo detection/configs/Base-RCNN-C4-BN.yaml, PyContrast
+# pycontrast/detection/configs/R_50_FPN_1x.yaml)
+COMMON = {"MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.RESNETS.DEPTH": 50, "MODEL.RESNETS.NORM": "SyncBN",
+          "TEST.PRECISE_BN.ENABLED": True}
+# each variant's input conventions and weights: the protocol file takes converted torchvision-layout weights;
+# msra/ is the paper's ImageNet row (detectron2's MSRA R-50) and _random the Random row, both with detectron2's
+# default input as in PyContrast's R_50_FPN_1x.yaml and R_50_FPN_1x_rand.yaml
+VARIANTS = {"": (TORCHVISION_INPUT, "CONVERTED_BACKBONE.pth"), "_random": (MSRA_INPUT, ""),
+            "msra/": (MSRA_INPUT, MSRA_URL)}
 COCO_1X = {"SOLVER.IMS_PER_BATCH": 16, "SOLVER.BASE_LR": 0.02, "SOLVER.STEPS": (60000, 80000),
            "SOLVER.MAX_ITER": 90000, "INPUT.MIN_SIZE_TRAIN": FPN_SIZES}
 KEYPOINT = {"MODEL.KEYPOINT_ON": True, "MODEL.MASK_ON": False, "MODEL.ROI_HEADS.NUM_CLASSES": 1,
@@ -103,26 +110,59 @@ def test_every_yaml_loads_within_three_levels(path):
 def test_all_protocols_and_variants_exist():
     names = {str(p.relative_to(CONFIGS)) for p in ALL_YAML}
     for stem in STEMS:
-        assert {f"{stem}.yaml", f"{stem}_random.yaml", f"instant/{stem}_instant.yaml"} <= names
+        assert {f"{stem}.yaml", f"{stem}_random.yaml", f"msra/{stem}.yaml",
+                f"instant/{stem}_instant.yaml"} <= names
+
+
+def config_file(stem: str, variant: str) -> Path:
+    return CONFIGS / (f"msra/{stem}.yaml" if variant == "msra/" else f"{stem}{variant}.yaml")
 
 
 @pytest.mark.parametrize("stem", STEMS)
-@pytest.mark.parametrize("variant", ["", "_random"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
 def test_protocol_values(stem, variant):
-    cfg = load(CONFIGS / f"{stem}{variant}.yaml")
-    for key, expected in {**COMMON, **PROTOCOLS[stem]}.items():
+    cfg = load(config_file(stem, variant))
+    conventions, weights = VARIANTS[variant]
+    for key, expected in {**COMMON, **PROTOCOLS[stem], **conventions}.items():
         got = value(cfg, key)
         assert (list(got) if isinstance(got, (list, tuple)) else got) == \
             (list(expected) if isinstance(expected, (list, tuple)) else expected), (key, got)
-    # full protocols name a placeholder that train_net refuses; random variants train from scratch
-    assert cfg.MODEL.WEIGHTS == ("" if variant else "CONVERTED_BACKBONE.pth")
+    # full protocols name a placeholder that train_net refuses; random variants train from scratch; the
+    # msra/ twins name detectron2's URL, as the reference configs do
+    assert cfg.MODEL.WEIGHTS == weights
+
+
+def with_input(cfg, conventions: dict, weights: str):
+    """A copy of cfg with other input conventions and weights."""
+    cfg = cfg.clone()
+    cfg.merge_from_list([x for k, v in conventions.items() for x in (k, v)] + ["MODEL.WEIGHTS", weights])
+    return cfg
 
 
 @pytest.mark.parametrize("stem", STEMS)
-def test_random_variant_changes_only_the_weights(stem):
-    protocol, random = load(CONFIGS / f"{stem}.yaml"), load(CONFIGS / f"{stem}_random.yaml")
-    random.MODEL.WEIGHTS = protocol.MODEL.WEIGHTS
-    assert random.dump() == protocol.dump()
+@pytest.mark.parametrize("variant", ["_random", "msra/"])
+def test_variants_change_only_the_input_conventions_and_the_weights(stem, variant):
+    """The Random and ImageNet rows train exactly the protocol, with detectron2's default input."""
+    protocol, other = load(CONFIGS / f"{stem}.yaml"), load(config_file(stem, variant))
+    assert other.dump() == with_input(protocol, *VARIANTS[variant]).dump()
+    assert other.dump() != protocol.dump()
+
+
+def test_msra_conventions_are_detectron2s_defaults():
+    """The MSRA R-50 input (BGR, Caffe mean, std 1, stride in the 1x1) is what detectron2 assumes by default."""
+    defaults = get_cfg()
+    for key, expected in MSRA_INPUT.items():
+        got = value(defaults, key)
+        assert (list(got) if isinstance(got, (list, tuple)) else got) == expected, key
+
+
+@pytest.mark.parametrize("stem", STEMS)
+def test_msra_runs_land_in_the_paper_imagenet_row(stem):
+    """runs/imagenet/<stem of msra/X.yaml>/... is read by make_tables as protocol X, the paper's table."""
+    protocol, toy = make_tables.base_stem(config_file(stem, "msra/").stem)
+    assert (protocol, toy) == (stem, False)
+    tables = [t for t in make_tables.load_paper()["tables"] if stem in t["protocols"]]
+    assert tables and all(any(r["weights"] == "imagenet" for r in t["rows"]) for t in tables)
 
 
 @pytest.mark.parametrize("stem", STEMS)
