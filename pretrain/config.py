@@ -25,6 +25,7 @@ CHOICES = {
     "augment": ("fast", "reference"),
     "bn_mode": ("per_view", "joint"),
     "device": ("auto", "cpu", "cuda"),
+    "amp": ("auto", "off", "fp32", "bf16", "fp16"),
 }
 
 
@@ -60,8 +61,10 @@ class Config:
     seed: int = 0
     workers: int = 8  # DataLoader processes per GPU
     device: str = "auto"
-    amp: bool = True  # CUDA only: bf16 where supported, else fp16 + GradScaler
-    channels_last: bool = True  # CUDA only
+    # auto: CUDA bf16 where supported, else fp16 + GradScaler; CPU bf16 where it has AMX/AVX512-BF16, else fp32.
+    # off (= fp32), bf16, fp16 (CUDA only) force one. Resolved at start: pretrain/precision.py
+    amp: str = "auto"
+    channels_last: bool = True  # NHWC on CUDA and in CPU bf16 runs (where it helps); false: never
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # SyncBatchNorm under DDP
     max_images: int = 0  # 0 = all; else the first N files of the sorted list (proxy runs)
@@ -88,6 +91,8 @@ _HINTS = typing.get_type_hints(Config)
 def _check_value(key: str, value):
     """Return `value` converted to the declared type of `key`, or raise ConfigError."""
     hint = _HINTS[key]
+    if key == "amp" and isinstance(value, bool):  # amp was a bool before it had values: true = auto
+        return "auto" if value else "off"
     allowed = typing.get_args(hint) or (hint,)
     if value is None:
         if type(None) in allowed:

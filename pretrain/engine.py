@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from pretrain import augment, checkpoint, data, distributed
+from pretrain import augment, checkpoint, data, distributed, precision
 from pretrain.config import Config, ConfigError, base_lr, to_yaml
 from pretrain.loss import fastsiam_loss
 from pretrain.model import SiameseNet
@@ -50,11 +50,12 @@ def git_sha() -> str:
 def sgd_step(net, opt, scaler, xs: list[torch.Tensor], autocast) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Forward the V views (xs: V x (N x 3 x S x S)), the Eq. 5 loss, backward and update; returns (loss, z).
 
-    The whole training step after the data: tools/bench_train.py times this same function.
+    The whole training step after the data: tools/bench_train.py times this same function. The network runs
+    under `autocast`; the loss outside it, in float32 (bf16's 8-bit mantissa would round the cosines).
     """
     with autocast:
         p, z = net(xs)
-        loss = fastsiam_loss(p, z)
+    loss = fastsiam_loss([pi.float() for pi in p], [zi.float() for zi in z])
     opt.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(opt)
@@ -155,7 +156,10 @@ class Run:
         ipe = self.batches.iters_per_epoch
         state = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                  "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-                 "epoch": it_done // ipe, "iteration": it_done, "config": self.resolved,
+                 # epochs_done: completed epochs (log.jsonl's `epoch` is the 0-based running epoch instead);
+                 # `epoch` is the same count under its old name, for readers written before (tools/demo.py)
+                 "epochs_done": it_done // ipe, "epoch": it_done // ipe, "iteration": it_done,
+                 "config": self.resolved,
                  "git": self.resolved["_run"]["git"],
                  "meters": {**self.meters, "bad": sorted(self.runtime_bad)}}
         try:
@@ -197,6 +201,7 @@ def check_output_dir(out: Path) -> None:
 def setup(cfg: Config, d: distributed.Dist) -> Run | None:
     """Check the output dir, scan the data, resume, build model/optimizer/loader; None if nothing is left."""
     cuda = d.device.type == "cuda"
+    prec = precision.resolve(cfg.amp, d.device, cfg.channels_last)  # a bad amp for this device: exit 2 now
     if cfg.batch_size % d.world:
         raise ConfigError(f"batch_size {cfg.batch_size} (global) is not divisible by the {d.world} processes")
     per_gpu = cfg.batch_size // d.world
@@ -237,21 +242,20 @@ def setup(cfg: Config, d: distributed.Dist) -> Run | None:
 
     # ============ config.yaml: the resolved config and what this run derived from it ============
     lr = base_lr(cfg)
-    amp_dtype = None
-    if cuda and cfg.amp:
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    amp_name = str(amp_dtype).replace("torch.", "") if amp_dtype else None
+    amp_name = str(prec.dtype).replace("torch.", "") if prec.dtype else None
     resolved = cfg.to_dict()
     resolved["_run"] = {
         "git": git_sha(), "world_size": d.world, "per_gpu_batch": per_gpu, "global_batch": cfg.batch_size,
         "lr": lr, "iters_per_epoch": ipe, "num_images": len(files), "skipped_images": len(bad),
-        "device": str(d.device), "amp_dtype": amp_name, "torch": str(torch.__version__),
+        "device": str(d.device), "amp": prec.name, "amp_dtype": amp_name,
+        "amp_reason": prec.reason, "channels_last": prec.channels_last, "torch": str(torch.__version__),
     }
     if d.is_main:
         checkpoint.atomic_write(out / "config.yaml", lambda f: f.write(to_yaml(resolved).encode()))
     how = "set" if cfg.lr is not None else f"{cfg.lr_rule} rule"
-    amp_msg = f", amp {amp_name}" if amp_name else ""
-    say(d, f"batch: {per_gpu} per GPU x {d.world} processes = {cfg.batch_size} global, {cfg.num_views} "
+    amp_msg = f", amp {prec.name} ({prec.reason})" + (", channels_last" if prec.channels_last else "")
+    unit = "GPU" if cuda else "process"
+    say(d, f"batch: {per_gpu} per {unit} x {d.world} processes = {cfg.batch_size} global, {cfg.num_views} "
            f"views; lr {lr:g} ({how}); device {d.device}{amp_msg}; bn_mode {cfg.bn_mode}")
 
     # ============ model and optimizer ============
@@ -262,7 +266,7 @@ def setup(cfg: Config, d: distributed.Dist) -> Run | None:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif d.is_main:
             data.warn("sync_bn needs CUDA (torch's SyncBatchNorm is GPU-only): per-process BN on CPU")
-    memory_format = torch.channels_last if cuda and cfg.channels_last else torch.contiguous_format
+    memory_format = prec.memory_format
     model = model.to(d.device, memory_format=memory_format)
     groups = [
         {"params": [*model.backbone.parameters(), *model.projector.parameters()], "fix_lr": False},
@@ -271,7 +275,7 @@ def setup(cfg: Config, d: distributed.Dist) -> Run | None:
     ]
     opt = torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                           **({"fused": True} if cuda else {"foreach": True}))
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)  # bf16 needs no loss scaling
+    scaler = torch.amp.GradScaler("cuda", enabled=prec.needs_scaler)  # bf16 needs no loss scaling
     meters, runtime_bad = {"loss_sum": 0.0, "count": 0}, set()
     if ckpt is not None:
         checkpoint.load_weights(model, ckpt, ckpt_path)  # strict; one line naming a mismatched tensor
@@ -297,7 +301,7 @@ def setup(cfg: Config, d: distributed.Dist) -> Run | None:
         batches=batches, loader=data.build_loader(dataset, batches, cfg.workers, pin_memory=cuda),
         lrs=cosine_schedule(lr, cfg.epochs, ipe, cfg.warmup_epochs), lr=lr, start_iter=start_iter,
         scan_skipped=len(bad), memory_format=memory_format,
-        autocast=torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext(),
+        autocast=prec.autocast(),
         device_aug=augment.DeviceAugment(blur=cfg.blur) if cfg.augment == "fast" else None,
         meters=meters, runtime_bad=runtime_bad,
     )

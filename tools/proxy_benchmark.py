@@ -10,7 +10,10 @@ checkpoint, and the random init of the same network, gets a weighted kNN top-1 (
 pretrain/knn.py) on CIFAR-10 test images with the pretraining images as the bank. Outputs in OUT: results.json
 (machine-readable), table.md, plot.png, rewritten after every evaluation, so a partial run always shows its
 points so far. Run the same command again to resume: the pretraining runs continue from their checkpoint.pth
-and finished evaluations are skipped. --seeds 0 1 adds a seed.
+and finished evaluations are skipped. --seeds 0 1 adds a seed. Precision: the engine's `amp` (auto: bf16 on a
+CPU with AMX/AVX512-BF16, pretrain/precision.py); --amp off bf16 runs each method at both precisions, e.g.
+
+    python -m tools.proxy_benchmark --out runs/proxy_amp --methods fastsiam --amp off bf16 --seeds 0 1
 
 Same compute = same views: SimSiam gets V_fastsiam / V_simsiam = 2x the epochs of FastSiam on the same images
 (--equal epochs follows lightly's protocol instead: the same epochs each). On CPU the methods run side by
@@ -102,8 +105,13 @@ def link_tree(paths: list[Path], src_root: Path, dst: Path) -> None:
 
 # ============ runs ============
 
+def run_name(method: str, amp: str, args) -> str:
+    """The method's name, with the precision appended when several are compared (--amp off bf16)."""
+    return method if len(args.amp) == 1 else f"{method}_{amp}"
+
+
 def plan_runs(args, num_images: int) -> list[dict]:
-    """One dict per (seed, method): the engine command's overrides and the epochs that give equal views."""
+    """One dict per (seed, method, amp): the engine command's overrides and the epochs that give equal views."""
     cfgs = {name: load_config(getattr(args, f"{name}_config"), args.set, data=".", output_dir=".")
             for name in ("fastsiam", "simsiam")}
     fast = cfgs["fastsiam"]
@@ -117,25 +125,35 @@ def plan_runs(args, num_images: int) -> list[dict]:
     fast_every = max(1, round(args.eval_every_views / views_per_epoch["fastsiam"]))
     runs = []
     for seed in args.seeds:
-        for name, c in cfgs.items():
-            ratio = 1 if args.equal == "epochs" else views_per_epoch["fastsiam"] / views_per_epoch[name]
+        for method in args.methods:
+            c = cfgs[method]
+            ratio = 1 if args.equal == "epochs" else views_per_epoch["fastsiam"] / views_per_epoch[method]
             if ratio != int(ratio):
-                raise BenchError(f"{name}: views per epoch {views_per_epoch[name]} do not divide FastSiam's "
-                                 f"{views_per_epoch['fastsiam']}; use one batch size or --equal epochs")
+                raise BenchError(f"{method}: views per epoch {views_per_epoch[method]} do not divide "
+                                 f"FastSiam's {views_per_epoch['fastsiam']}; use one batch size or --equal epochs")
             epochs, every = fast_epochs * int(ratio), fast_every * int(ratio)
-            runs.append(dict(name=name, seed=seed, config=getattr(args, f"{name}_config"), epochs=epochs,
-                             out=args.out / f"seed{seed}" / name, cfg=c,
-                             overrides=[f"epochs={epochs}", f"save_every_epochs={every}", f"seed={seed}",
-                                        f"batch_size={c.batch_size}", f"workers={args.workers}",
-                                        f"device={args.device}", "max_images=0", *args.set]))
+            for amp in args.amp:
+                name = run_name(method, amp, args)
+                runs.append(dict(name=name, seed=seed, config=getattr(args, f"{method}_config"), epochs=epochs,
+                                 out=args.out / f"seed{seed}" / name, cfg=c,
+                                 overrides=[f"epochs={epochs}", f"save_every_epochs={every}", f"seed={seed}",
+                                            f"batch_size={c.batch_size}", f"workers={args.workers}",
+                                            f"device={args.device}", "max_images=0", f"amp={amp}", *args.set]))
     return runs
 
 
 def finished(run: dict) -> bool:
     try:
-        return load_checkpoint(run["out"] / "checkpoint.pth")["epoch"] >= run["epochs"]
+        ckpt = load_checkpoint(run["out"] / "checkpoint.pth")
     except CheckpointError:
         return False
+    return epochs_done(ckpt) >= run["epochs"]
+
+
+def epochs_done(ckpt: dict) -> int:
+    """Completed epochs of a checkpoint: `epochs_done`, or `epoch` in checkpoints written before it had a name
+    (log.jsonl's `epoch` is another count, the 0-based running epoch)."""
+    return ckpt["epochs_done"] if "epochs_done" in ckpt else ckpt["epoch"]
 
 
 def _own_session() -> None:
@@ -246,7 +264,8 @@ def evaluate_pending(runs, results, evaluator, out: Path, random_cfg) -> int:
                 continue
             c = ckpt["config"]
             model = load_model(path)
-            evals[key] = dict(method=run["name"], seed=run["seed"], epoch=ckpt["epoch"],
+            evals[key] = dict(method=run["name"], seed=run["seed"], epoch=epochs_done(ckpt),
+                              amp=c.get("_run", {}).get("amp"),
                               iteration=ckpt["iteration"],
                               views=ckpt["iteration"] * c["batch_size"] * c["num_views"],
                               knn_top1=evaluator(model.backbone), knn=evaluator.signature)
@@ -261,6 +280,12 @@ def evaluate_pending(runs, results, evaluator, out: Path, random_cfg) -> int:
 # ============ report: table.md and plot.png from results.json alone ============
 
 LABELS = {"fastsiam": "FastSiam (4 views)", "simsiam": "SimSiam (2 views)", "random": "random init"}
+
+
+def label(name: str) -> str:
+    """fastsiam -> FastSiam (4 views); fastsiam_bf16 -> FastSiam (4 views), amp=bf16."""
+    method, _, amp = name.partition("_")
+    return LABELS.get(method, method) + (f", amp={amp}" if amp else "")
 
 
 def grouped(results: dict) -> dict[str, dict[int, list[dict]]]:
@@ -280,9 +305,8 @@ def cell(evals: list[dict]) -> str:
 
 def write_table(results: dict, path: Path) -> None:
     groups = grouped(results)
-    others = sorted(set(groups) - {"fastsiam", "simsiam", "random"})
-    methods = [m for m in ("fastsiam", "simsiam") if m in groups] + others
-    heads = [f"{LABELS.get(m, m)} kNN top-1 % (epoch)" for m in methods]
+    methods = sorted(set(groups) - {"random"}, key=lambda m: (m.split("_")[0] != "fastsiam", m))
+    heads = [f"{label(m)} kNN top-1 % (epoch)" for m in methods]
     lines = ["| views per method | " + " | ".join(heads) + " |",
              "|---:|" + "---:|" * len(methods)]
     if "random" in groups:
@@ -313,13 +337,12 @@ def write_plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     # both methods start from the random init (same seed, same network): it is the 0-views point of each curve
     start = groups.get("random", {}).get(0, [])
-    for m, colour in (("fastsiam", "C0"), ("simsiam", "C1")):
-        if m not in groups:
-            continue
+    methods = sorted(set(groups) - {"random"}, key=lambda m: (m.split("_")[0] != "fastsiam", m))
+    for m, colour in zip(methods, [f"C{i}" for i in range(10)]):
         points = {0: start, **groups[m]} if start else groups[m]
         views = sorted(points)
         ax.plot(views, [100 * np.mean([e["knn_top1"] for e in points[v]]) for v in views], "o-", color=colour,
-                label=LABELS[m])
+                label=label(m))
         for v in views:
             if len(points[v]) > 1:  # several seeds: the mean is the line, each seed a faint dot
                 accs = [100 * e["knn_top1"] for e in points[v]]
@@ -357,6 +380,10 @@ def parse_args(argv):
     p.add_argument("--views", type=int, help="views per method, rounded to whole FastSiam epochs")
     p.add_argument("--eval-every-views", type=int, help="views between evaluations (rounded)")
     p.add_argument("--equal", choices=("views", "epochs"), help="same views (SimSiam: 2x epochs) or epochs")
+    p.add_argument("--methods", nargs="+", choices=("fastsiam", "simsiam"), default=["fastsiam", "simsiam"])
+    p.add_argument("--amp", nargs="+", choices=("auto", "off", "fp32", "bf16", "fp16"), default=["auto"],
+                   help="engine precision (pretrain/precision.py); several, e.g. --amp off bf16, run each "
+                        "method once per value (runs named fastsiam_off, fastsiam_bf16, ...)")
     p.add_argument("--batch-size", type=int, default=0, help="override both configs' batch_size")
     p.add_argument("--device", choices=("cpu", "cuda"))
     p.add_argument("--threads", type=int, help="OMP_NUM_THREADS per training process (0 = leave unset)")

@@ -115,3 +115,23 @@ def test_missing_cache_is_a_one_line_error(tmp_path, capsys):
     with pytest.raises(pb.BenchError, match="multiple of the 10 classes"):
         fake_cifar(tmp_path / "c10")
         pb.balanced_subset(tmp_path / "c10" / "train", 15, seed=0)
+
+
+def test_amp_comparison_plans_one_run_per_precision(tmp_path):
+    fake_cifar(tmp_path / "c10")
+    args = pb.parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), "--seeds", "0", "1",
+                          "--methods", "fastsiam", "--amp", "off", "bf16", *TINY])
+    runs = pb.plan_runs(args, 20)
+    assert [(r["seed"], r["name"]) for r in runs] == [(0, "fastsiam_off"), (0, "fastsiam_bf16"),
+                                                      (1, "fastsiam_off"), (1, "fastsiam_bf16")]
+    assert all(f"amp={r['name'].split('_')[1]}" in r["overrides"] for r in runs)
+    assert {r["epochs"] for r in runs} == {4}  # equal views: the same schedule at both precisions
+    assert runs[1]["out"] == tmp_path / "o" / "seed0" / "fastsiam_bf16"
+    one = pb.plan_runs(pb.parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), *TINY]), 20)
+    assert [r["name"] for r in one] == ["fastsiam", "simsiam"] and "amp=auto" in one[0]["overrides"]
+    assert pb.label("fastsiam_bf16") == "FastSiam (4 views), amp=bf16"
+
+
+def test_finished_reads_epochs_done_and_old_checkpoints():
+    assert pb.epochs_done({"epochs_done": 3, "epoch": 3}) == 3
+    assert pb.epochs_done({"epoch": 2}) == 2  # written before the key had its name
