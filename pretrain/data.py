@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import sys
 import warnings
@@ -64,16 +65,53 @@ def _open(source, max_pixels: int) -> Image.Image:
     return img
 
 
-def _jpeg_complete(tail: bytes) -> bool:
-    # libjpeg pads a truncated scan with grey and carries on; we refuse a JPEG without its end-of-image marker
-    # (0xFFD9 cannot occur in entropy-coded data, where 0xFF is always followed by 0x00 or a restart marker)
-    return JPEG_EOI in tail[-1024:]
+# In entropy-coded data 0xFF is always followed by 0x00 (a stuffed byte) or a restart marker 0xD0-0xD7; the
+# first 0xFF followed by anything else (0xFF fill bytes aside) is the next marker (ITU-T T.81, Annex B.1.1).
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
+def jpeg_end(data: bytes) -> int | None:
+    """Offset just past the main image's end-of-image marker (EOI, 0xFFD9), or None if the data ends first.
+
+    libjpeg pads a truncated scan with grey and carries on, so a cut-off JPEG would train as a half-grey
+    image: we refuse a JPEG whose marker sequence does not reach its EOI. The walk follows the segment lengths
+    (so an EOI inside an EXIF thumbnail does not count) and jumps over each scan's entropy-coded data with one
+    regex search (C speed); bytes after the EOI (camera trailers, appended data) are allowed, as libjpeg
+    ignores them.
+    Stray bytes between segments are skipped to the next marker, as libjpeg does ("extraneous bytes").
+    """
+    pos, n = 2, len(data)  # after SOI
+    while pos < n:
+        if data[pos] != 0xFF:  # stray bytes: resynchronise on the next marker
+            m = _NEXT_MARKER.search(data, pos)
+            if m is None:
+                return None
+            pos = m.start()
+        while pos < n and data[pos] == 0xFF:  # a marker may be preceded by any number of 0xFF fill bytes
+            pos += 1
+        if pos >= n:
+            return None
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:
+            return pos
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7 or marker == 0x00:  # no length field
+            continue
+        if pos + 2 > n:
+            return None
+        pos += int.from_bytes(data[pos:pos + 2], "big")  # the length counts itself, not the marker
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
+            m = _NEXT_MARKER.search(data, pos)
+            if m is None:
+                return None
+            pos = m.start()
+    return None
 
 
 def _header(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise BadImage("empty file")
-    if data.startswith(JPEG_MAGIC) and not _jpeg_complete(data):
+    if data.startswith(JPEG_MAGIC) and jpeg_end(data) is None:
         raise BadImage("truncated JPEG (no end-of-image marker)")
     return _open(io.BytesIO(data), max_pixels)
 
@@ -137,7 +175,14 @@ def list_images(root: str) -> list[str]:
 
 
 def _check_file(args: tuple[str, int]) -> str | None:
-    """None if the file's header is usable, else the reason. Reads the header and the last KiB only."""
+    """None if the file's header is usable, else the reason.
+
+    Reads the header and the last two bytes. A JPEG that ends with its EOI marker is taken as complete without
+    reading the rest: a cut-off file ends inside entropy-coded data, where 0xFFD9 cannot occur (only a cut
+    exactly after a thumbnail's EOI would pass, and the decode path, which always walks the markers, still
+    refuses it at load time). Any other JPEG (truncated, or with bytes after its EOI) is read whole and its
+    markers walked (`jpeg_end`).
+    """
     path, max_pixels = args
     try:
         size = os.path.getsize(path)
@@ -145,10 +190,11 @@ def _check_file(args: tuple[str, int]) -> str | None:
             return "empty file"
         with open(path, "rb") as f:
             head = f.read(3)
-            f.seek(max(0, size - 1024))
-            tail = f.read()
-            if head == JPEG_MAGIC and not _jpeg_complete(tail):
-                return "truncated JPEG (no end-of-image marker)"
+            f.seek(max(0, size - 2))
+            if head == JPEG_MAGIC and f.read() != JPEG_EOI:
+                f.seek(0)
+                if jpeg_end(f.read()) is None:
+                    return "truncated JPEG (no end-of-image marker)"
             f.seek(0)
             _open(f, max_pixels)
     except OSError as e:

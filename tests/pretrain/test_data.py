@@ -76,6 +76,54 @@ def test_bad_bytes_refused_in_every_decode_path(tmp_path, decoder):
         decoder(jpg, 70 * 90 - 1)
 
 
+def _with_segment(jpg: bytes, marker: int, payload: bytes) -> bytes:
+    """`jpg` plus one marker segment after its SOI (e.g. APP1, where cameras put EXIF and a thumbnail)."""
+    return jpg[:2] + bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload + jpg[2:]
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"restart_marker_blocks": 2}],
+                         ids=["baseline", "progressive", "restart-markers"])
+def test_jpeg_end_walks_markers_to_the_real_end_of_image(options):
+    b = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)).save(b, "JPEG",
+                                                                                                 **options)
+    jpg = b.getvalue()
+    assert data.jpeg_end(jpg) == len(jpg)
+    assert data.jpeg_end(jpg + b"\xff\xd9" * 3 + bytes(5000)) == len(jpg)  # a trailer, even one with EOIs
+    assert data.jpeg_end(jpg[:-1]) is None and data.jpeg_end(jpg[: len(jpg) // 2]) is None
+    # stray bytes between segments: libjpeg skips them ("extraneous bytes before marker"), so do we
+    app0_end = 4 + int.from_bytes(jpg[4:6], "big")
+    assert data.jpeg_end(jpg[:app0_end] + b"\x00\x17" + jpg[app0_end:]) == len(jpg) + 2
+
+
+def test_jpeg_with_a_long_trailer_is_used(tmp_path):
+    """Camera tails and appended data can follow the end-of-image marker by far more than 1 KiB."""
+    jpg = _jpeg()
+    (tmp_path / "trailer.jpg").write_bytes(jpg + b"maker notes " * 400)  # 4.8 KB after the EOI
+    (tmp_path / "cut.jpg").write_bytes(jpg[: len(jpg) - 10])
+    good, bad = data.scan(str(tmp_path), 10**7)
+    assert good == ["trailer.jpg"] and bad == [("cut.jpg", "truncated JPEG (no end-of-image marker)")]
+    with_trailer = (tmp_path / "trailer.jpg").read_bytes()
+    assert torch.equal(data.decode(with_trailer, 10**7), data.decode(jpg, 10**7))
+    assert data.decode_pil(with_trailer, 10**7).size == (90, 70)
+
+
+@pytest.mark.parametrize("decoder", [data.decode, data.decode_pil], ids=["torchvision", "pil"])
+def test_eoi_inside_a_thumbnail_does_not_make_a_truncated_jpeg_complete(tmp_path, decoder):
+    """An EXIF thumbnail is a whole JPEG, EOI included, inside an APP1 segment: only the main image's EOI
+    counts."""
+    thumb = _jpeg(8, 8)
+    jpg = _with_segment(_jpeg(16, 16), 0xE1, b"Exif\x00\x00" + thumb)
+    assert data.jpeg_end(jpg) == len(jpg)
+    cut = jpg[: len(jpg) - 40]  # the thumbnail's EOI is now the last one in the file, within its last KiB
+    assert data.JPEG_EOI in cut[-1024:] and data.jpeg_end(cut) is None
+    with pytest.raises(data.BadImage, match="truncated JPEG"):
+        decoder(cut, 10**7)
+    (tmp_path / "cut.jpg").write_bytes(cut)
+    (tmp_path / "whole.jpg").write_bytes(jpg)
+    assert data.scan(str(tmp_path), 10**7)[0] == ["whole.jpg"]  # not ending in EOI: the scan walks it whole
+
+
 def test_batches_are_deterministic_and_resumable():
     full = list(data.EpochBatches(50, 8, seed=3).__iter__())
     assert len(full) == 6 and all(len(b) == 8 for b in full)  # drop_last
