@@ -6,13 +6,18 @@ exp(s_i / t), and the class with the largest summed weight wins. Defaults k=200,
 
     acc = evaluate_knn(model.backbone, "data/cifar10/train", "data/cifar10/test", image_size=32, device="cpu")
 
-Lower-level pieces (the proxy benchmark decodes the images once and reuses them for every checkpoint):
-list_labelled(dir) -> paths, labels, classes; load_images(paths, size) -> uint8 N x 3 x S x S;
-extract_features(backbone, images, device) -> N x D; knn_scores / knn_predict on features.
+evaluate_knn streams both folders: a DataLoader decodes one batch at a time and only the features (M x D
+float32; ImageNet-1k at D = 2048: 10 GB) are kept, so knn_train can be a large folder.
+
+Lower-level pieces: list_labelled(dir) -> paths, labels, classes; folder_features(backbone, paths, size,
+device) -> N x D (streamed); knn_scores / knn_predict on features. The proxy benchmark, whose CIFAR-10 images
+fit in memory (150 MB), decodes them once with load_images(paths, size) -> uint8 N x 3 x S x S and reuses them
+for every checkpoint through extract_features(backbone, images, device) -> N x D.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -101,28 +106,34 @@ class _Images(torch.utils.data.Dataset):  # only so that workers > 0 can decode 
         return load_image(self.paths[i], self.size)
 
 
+def _loader(paths: list[Path], size: int, batch_size: int, workers: int) -> torch.utils.data.DataLoader:
+    return torch.utils.data.DataLoader(_Images(paths, size), batch_size=batch_size, num_workers=workers)
+
+
 def load_images(paths: list[Path], size: int, batch_size: int = 256, workers: int = 0) -> Tensor:
-    """All images decoded into one uint8 N x 3 x S x S tensor (CIFAR-10 train: 150 MB)."""
-    loader = torch.utils.data.DataLoader(_Images(paths, size), batch_size=batch_size, num_workers=workers)
-    return torch.cat(list(loader))
+    """All images decoded into one uint8 N x 3 x S x S tensor (CIFAR-10 train: 150 MB; ImageNet: too big)."""
+    return torch.cat(list(_loader(paths, size, batch_size, workers)))
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, images: Tensor, device: str | torch.device,
+def extract_features(backbone: nn.Module, images: Tensor | Iterable[Tensor], device: str | torch.device,
                      batch_size: int = 256) -> Tensor:
-    """Backbone features N x D (float32, on `device`) of uint8 images N x 3 x S x S, in eval mode.
+    """Backbone features N x D (float32, on `device`) in eval mode, of uint8 images: one N x 3 x S x S tensor
+    (cut into `batch_size` batches) or an iterable of B x 3 x S x S batches (e.g. a DataLoader, consumed as it
+    decodes, so no more than its prefetched batches are ever decoded at once).
 
     The backbone's train/eval mode is restored afterwards, so the pretraining loop can call this mid-epoch.
     """
     device = torch.device(device)
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255
+    batches = images.split(batch_size) if isinstance(images, Tensor) else images
     was_training = backbone.training
     backbone.eval()
     cuda = device.type == "cuda"
     out = []
     try:
-        for batch in images.split(batch_size):
+        for batch in batches:
             x = (batch.to(device, non_blocking=True).float() - mean) / std  # B x 3 x S x S
             # channels_last input: ~1.5x faster ResNet inference on CPU too (oneDNN), measured here at 32 px
             x = x.contiguous(memory_format=torch.channels_last)
@@ -133,14 +144,20 @@ def extract_features(backbone: nn.Module, images: Tensor, device: str | torch.de
     return torch.cat(out)
 
 
+def folder_features(backbone: nn.Module, paths: list[Path], size: int, device, batch_size: int = 256,
+                    workers: int = 0) -> Tensor:
+    """Features N x D of the images at `paths`, decoded batch by batch as the backbone consumes them."""
+    return extract_features(backbone, _loader(paths, size, batch_size, workers), device)
+
+
 def evaluate_knn(backbone: nn.Module, train_dir: str, val_dir: str, image_size: int, device, k: int = 200,
                  t: float = 0.1, batch_size: int = 256, workers: int = 0) -> float:
-    """Top-1 accuracy in [0, 1] of the weighted kNN classifier: bank = train_dir, queries = val_dir."""
+    """Top-1 accuracy in [0, 1] of the weighted kNN classifier: bank = train_dir, queries = val_dir.
+
+    Streamed: images are decoded a batch at a time and dropped once featurised; only features are kept."""
     train_paths, train_labels, classes = list_labelled(train_dir)
     val_paths, val_labels, _ = list_labelled(val_dir, classes)
-    bank_images = load_images(train_paths, image_size, batch_size, workers)  # M x 3 x S x S uint8
-    val_images = load_images(val_paths, image_size, batch_size, workers)  # N x 3 x S x S uint8
-    bank = extract_features(backbone, bank_images, device, batch_size)
-    queries = extract_features(backbone, val_images, device, batch_size)
+    bank = folder_features(backbone, train_paths, image_size, device, batch_size, workers)  # M x D
+    queries = folder_features(backbone, val_paths, image_size, device, batch_size, workers)  # N x D
     pred = knn_predict(queries, bank, train_labels, len(classes), k, t)
     return (pred.cpu() == val_labels).float().mean().item()

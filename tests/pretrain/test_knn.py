@@ -96,6 +96,52 @@ def test_evaluate_knn_on_image_folders(tmp_path):
         knn.list_labelled(tmp_path / "val", classes)
 
 
+class CountingBackbone(nn.Module):
+    """A small random conv net that records, at every forward, how many images had been decoded by then."""
+
+    def __init__(self, decoded):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                                 nn.Flatten())
+        self.decoded, self.seen, self.backlog = decoded, 0, []
+
+    def forward(self, x):
+        self.backlog.append(self.decoded[0] - self.seen)  # decoded but not yet featurised
+        self.seen += x.shape[0]
+        return self.net(x)
+
+
+def test_knn_streams_the_bank_and_gives_the_in_memory_result(tmp_path, monkeypatch):
+    colours = {"a": (200, 60, 60), "b": (60, 200, 60), "c": (60, 60, 200), "d": (128, 128, 128)}
+    write_tree(tmp_path / "train", 10, colours)
+    write_tree(tmp_path / "val", 4, colours)
+    paths, labels, classes = knn.list_labelled(tmp_path / "train")
+    val_paths, val_labels, _ = knn.list_labelled(tmp_path / "val", classes)
+
+    # the in-memory way (every image decoded first), as evaluate_knn did before it streamed
+    ref = CountingBackbone([0])
+    bank_ref = knn.extract_features(ref, knn.load_images(paths, 24), "cpu", batch_size=4)
+    query_ref = knn.extract_features(ref, knn.load_images(val_paths, 24), "cpu", batch_size=4)
+    want = (knn.knn_predict(query_ref, bank_ref, labels, 4, k=5) == val_labels).float().mean().item()
+
+    decoded = [0]
+    real_load = knn.load_image
+
+    def counting_load(path, size):
+        decoded[0] += 1
+        return real_load(path, size)
+
+    monkeypatch.setattr(knn, "load_image", counting_load)
+    net = CountingBackbone(decoded)
+    bank = knn.folder_features(net, paths, 24, "cpu", batch_size=4)
+    assert torch.equal(bank, bank_ref)  # same features, batch for batch
+    assert decoded[0] == 40 and max(net.backlog) == 4  # never more than one batch decoded ahead
+    acc = knn.evaluate_knn(net, str(tmp_path / "train"), str(tmp_path / "val"), image_size=24, device="cpu",
+                           k=5, batch_size=4)
+    assert acc == want and max(net.backlog) == 4
+
+
 def test_load_image_resizes_shorter_side_then_centre_crops(tmp_path):
     px = np.zeros((40, 80, 3), np.uint8)
     px[:, 20:60] = 255  # a white centre band as wide as the crop
