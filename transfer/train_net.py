@@ -14,15 +14,16 @@
         --dataset-test mine_val=ann/val.json:img/val MODEL.WEIGHTS ...
 
 detectron2's tools/train_net.py trimmed to the protocols, plus: start-up checks that fail in one line (exit
-status 2) on a missing MODEL.WEIGHTS file, an unknown dataset, missing dataset files, a malformed annotation
-file or a missing/corrupt image; a warning for .pkl weights (plain pickle); a report of which checkpoint
-tensors were loaded (OUTPUT_DIR/weights_report.json); OUTPUT_DIR/results.json after the final evaluation
+status 2) on a missing MODEL.WEIGHTS file, weights that do not fit the model (a backbone tensor left
+uninitialised, a tensor of the file unused or wrong-shaped: transfer/weights.py; --allow-partial-weights
+loads them anyway), an unknown dataset, missing dataset files, a malformed annotation file or a
+missing/corrupt image; a warning for .pkl weights (plain pickle); a report of which checkpoint tensors were
+loaded (OUTPUT_DIR/weights_report.json); OUTPUT_DIR/results.json after the final evaluation
 (task -> metric -> value, as detectron2 reports them), because DefaultTrainer.train() returns nothing unless
 expected results are set.
 """
 from __future__ import annotations
 
-import collections
 import json
 import logging
 import math
@@ -35,7 +36,6 @@ compat.apply()  # before the first detectron2 import
 
 import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
-from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts  # noqa: E402
 from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import (  # noqa: E402
     DatasetCatalog,
@@ -46,13 +46,15 @@ from detectron2.data import (  # noqa: E402
 )
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
 from detectron2.evaluation import CityscapesInstanceEvaluator, COCOEvaluator  # noqa: E402
+from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
-from detectron2.utils.file_io import PathManager  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from transfer import datasets, scaling  # noqa: E402
+from transfer import weights as weights_lib  # noqa: E402
 from transfer import roi_heads as _  # noqa: E402,F401  (registers Res5ROIHeadsExtraNorm)
 from transfer.datasets import DatasetError  # noqa: E402
+from transfer.weights import WeightsError  # noqa: E402
 
 logger = logging.getLogger("transfer")
 EVALUATOR_TYPES = ("coco", "cityscapes_instance")
@@ -99,48 +101,36 @@ def write_results(cfg, results) -> None:
 
 
 # ---------------------------------------------------------------- weights
-def load_weights(checkpointer, weights: str, output_dir: str) -> dict:
-    """Load MODEL.WEIGHTS into the model as detectron2 does (no optimizer state), and report what was used.
+def load_weights(model, weights: str, output_dir: str, allow_partial: bool = False) -> dict:
+    """Load MODEL.WEIGHTS into ``model`` (no optimizer state) and write OUTPUT_DIR/weights_report.json.
 
-    detectron2 only logs warnings for tensors it skips, and under ``matching_heuristics`` it drops
-    checkpoint tensors that match no model key without a word; so its name matching runs here, where its
-    result is seen."""
-    path = PathManager.get_local_path(weights)  # downloads and caches detectron2:// and https:// weights
-    checkpoint = checkpointer._load_file(path)  # detectron2's reader: .pkl by pickle, else torch.load
-    original_keys = list(checkpoint["model"])
-    model_keys = set(checkpointer.model.state_dict())
-    if checkpoint.get("matching_heuristics", False):  # as DetectionCheckpointer._load_model does it
-        checkpointer._convert_ndarray_to_tensor(checkpoint["model"])
-        checkpoint["model"] = align_and_update_state_dicts(
-            checkpointer.model.state_dict(), checkpoint["model"],
-            c2_conversion=checkpoint.get("__author__") == "Caffe2")
-        checkpoint["matching_heuristics"] = False
-    state = checkpoint["model"]  # fvcore strips "module." and drops wrongly shaped tensors in place
-    incompatible = checkpointer._load_model(checkpoint)
-    checkpointer._log_incompatible_keys(incompatible)
-    loaded = model_keys & set(state)
-    not_initialised = sorted(model_keys - loaded)
-    unused = [k for k in original_keys if not any(m == k or m.endswith("." + k) for m in loaded)]
-    groups = collections.Counter(".".join(k.split(".")[:2]) for k in not_initialised)
-    logger.info(f"Loaded {len(loaded)} of {len(original_keys)} checkpoint tensors from {weights} "
-                f"({len(unused)} unused); {len(not_initialised)} model tensors not initialised from it: "
-                + (", ".join(f"{g}.* ({n})" for g, n in sorted(groups.items())) or "none"))
-    report = {"weights": weights, "checkpoint_tensors": len(original_keys), "loaded": len(loaded),
-              "unused_checkpoint_keys": unused, "not_initialised": not_initialised,
-              "incorrect_shapes": [[k, list(a), list(b)] for k, a, b in incompatible.incorrect_shapes]}
-    if comm.is_main_process():
-        os.makedirs(output_dir, exist_ok=True)
-        write_json(os.path.join(output_dir, "weights_report.json"), report)
-    return report
+    transfer.weights reads and matches the file as detectron2 does, with public functions only, and refuses
+    (WeightsError) a file that leaves a backbone tensor uninitialised or has tensors the model does not use,
+    unless ``allow_partial``. ``model`` may be a checkpointer (its ``.model`` is used) or DDP-wrapped."""
+    model = getattr(model, "model", model)  # a DetectionCheckpointer holds the unwrapped model
+    model = getattr(model, "module", model)  # DistributedDataParallel
+    report_writer = write_json if comm.is_main_process() else None
+    return weights_lib.load(model, weights, output_dir, allow_partial, write_report=report_writer)
 
 
-def check_weights(cfg, resume: bool) -> None:
+def model_shapes(cfg) -> dict:
+    """{key: shape} of the model the config builds, built on the meta device (no memory, no init time)."""
+    meta = cfg.clone()
+    meta.defrost()
+    meta.MODEL.DEVICE = "meta"
+    with torch.device("meta"):
+        model = build_model(meta)
+    return {k: v.shape for k, v in model.state_dict().items()}
+
+
+def check_weights(cfg, resume: bool, allow_partial: bool = False) -> None:
+    """Refuse, before anything is written, MODEL.WEIGHTS that is missing or does not fit the model."""
     weights = cfg.MODEL.WEIGHTS
     if resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
         return  # resuming: the run's own last checkpoint is loaded, not MODEL.WEIGHTS
-    if not weights or "://" in weights:  # random init, or a URL detectron2 downloads
-        pass
-    elif not os.path.isfile(weights):
+    if not weights:
+        return  # random init
+    if "://" not in weights and not os.path.isfile(weights):  # a URL is downloaded by PathManager
         raise SetupError(f"MODEL.WEIGHTS {weights!r} is not a file: convert a checkpoint with "
                          "`python -m transfer.convert CKPT OUT.pth` and pass MODEL.WEIGHTS OUT.pth "
                          "(or use the config's _random variant for random init)")
@@ -148,11 +138,17 @@ def check_weights(cfg, resume: bool) -> None:
         print(f"warning: MODEL.WEIGHTS {weights} is a .pkl, which detectron2 reads with plain pickle (it "
               "can run code from the file); prefer .pth from `python -m transfer.convert CKPT OUT.pth`, "
               "which loads with torch's weights_only loader", file=sys.stderr)
+    weights_lib.check(model_shapes(cfg), weights, allow_partial)
 
 
 # ---------------------------------------------------------------- trainer
 class Trainer(DefaultTrainer):
-    """DefaultTrainer with our evaluators, data loaders that report bad images, the weights report."""
+    """DefaultTrainer with our evaluators, data loaders that report bad images, checked weights and their
+    report."""
+
+    def __init__(self, cfg, allow_partial_weights: bool = False):
+        self.allow_partial_weights = allow_partial_weights
+        super().__init__(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -171,7 +167,8 @@ class Trainer(DefaultTrainer):
     def resume_or_load(self, resume=True):
         if (resume and self.checkpointer.has_checkpoint()) or not self.cfg.MODEL.WEIGHTS:
             return super().resume_or_load(resume)
-        load_weights(self.checkpointer, self.cfg.MODEL.WEIGHTS, self.cfg.OUTPUT_DIR)
+        load_weights(self.checkpointer.model, self.cfg.MODEL.WEIGHTS, self.cfg.OUTPUT_DIR,
+                     self.allow_partial_weights)
 
 
 class _HideDatasetErrorTraceback(logging.Filter):
@@ -194,6 +191,10 @@ def argument_parser():
                         help="register a COCO-format dataset and train on it (repeat for several)")
     parser.add_argument("--dataset-test", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
                         help="register a COCO-format dataset and evaluate on it (repeat for several)")
+    parser.add_argument(weights_lib.PARTIAL_FLAG, action="store_true",
+                        help="load MODEL.WEIGHTS even when backbone tensors stay uninitialised or tensors of "
+                             "the file are unused or wrong-shaped (recorded in weights_report.json); "
+                             "without it such weights are an error")
     return parser
 
 
@@ -250,7 +251,7 @@ def setup(args):
         record = scaling.scale_schedule(cfg, args.ims_per_gpu, comm.get_world_size())
     cfg.freeze()
 
-    check_weights(cfg, args.resume)
+    check_weights(cfg, args.resume, args.allow_partial_weights)
     for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
         datasets.check_dataset(name)
     for name in cfg.DATASETS.TEST:  # a test set we cannot load or evaluate fails now, not after training
@@ -283,17 +284,17 @@ def main(args):
             if args.resume and checkpointer.has_checkpoint():
                 checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
             elif cfg.MODEL.WEIGHTS:
-                load_weights(checkpointer, cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR)
+                load_weights(model, cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR, args.allow_partial_weights)
             results = Trainer.test(cfg, model)
         else:
-            trainer = Trainer(cfg)
+            trainer = Trainer(cfg, allow_partial_weights=args.allow_partial_weights)
             trainer.resume_or_load(resume=args.resume)
             trainer.train()
             # DefaultTrainer keeps the last evaluation here (train() returns it only with EXPECTED_RESULTS)
             results = getattr(trainer, "_last_eval_results", None)
         write_results(cfg, results)
         return results
-    except (SetupError, DatasetError) as e:
+    except (SetupError, DatasetError, WeightsError) as e:
         print(f"error: {datasets.one_line(e)}", file=sys.stderr)
         sys.exit(2)
 

@@ -18,6 +18,7 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone  # noqa: E
 
 from tests.transfer.test_convert import random_resnet_sd, shape_only_sd, wrap  # noqa: E402
 from transfer import convert as cv  # noqa: E402
+from transfer import weights  # noqa: E402
 
 # the transfer configs' settings for torchvision-layout weights (RGB, torchvision mean/std in 0-255 units,
 # stride in the 3x3 conv) and the protocols' backbone (nothing frozen, SyncBN)
@@ -97,22 +98,24 @@ def r50_weights(tmp_path_factory):
     ("COCO-InstanceSegmentation/mask_rcnn_R_50_C4_1x.yaml", ("backbone.", "roi_heads.res5.")),
 ])
 def test_checkpointer_loads_every_backbone_key(r50_weights, zoo_config, resnet_prefixes):
-    """Mask R-CNN FPN and C4 (SyncBN, as the protocols): no missing backbone key, no unused checkpoint key."""
+    """Mask R-CNN FPN and C4 (SyncBN, as the protocols): no missing backbone key, no unused checkpoint key,
+    and detectron2's own public loader puts every tensor where transfer.weights (train_net's loader) puts
+    it."""
     sd, path = r50_weights
     cfg = get_cfg()
     cfg.merge_from_file(model_zoo.get_config_file(zoo_config))
     cfg.merge_from_list(TRANSFER + ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", path])
     model = build_model(cfg)
-    checkpointer = DetectionCheckpointer(model)
-    loaded = checkpointer._load_file(path)  # the .pth path: torch.load (weights_only), heuristics kept
-    assert loaded["matching_heuristics"] is True and loaded["__author__"] == cv.AUTHOR
-    incompatible = checkpointer._load_model(loaded)
+    ckpt, matched, found = weights.check({k: v.shape for k, v in model.state_dict().items()}, path)
+    assert ckpt["matching_heuristics"] is True and ckpt["__author__"] == cv.AUTHOR  # as the converter wrote
+    assert found["backbone_not_initialised"] == found["unused"] == found["incorrect_shapes"] == []
 
     resnet_keys = [k for k in model.state_dict() if k.startswith(resnet_prefixes) and "fpn" not in k]
     assert len(resnet_keys) == len(sd) - 2  # every torchvision tensor but fc has a place in the model
-    assert [k for k in incompatible.missing_keys if k in resnet_keys] == []
-    assert incompatible.unexpected_keys == [] and incompatible.incorrect_shapes == []
+    assert set(resnet_keys) == set(matched["state"])
+    DetectionCheckpointer(model).load(path)  # detectron2's loader (.pth: torch.load, weights_only)
     params = model.state_dict()
+    assert all(torch.equal(params[k], matched["state"][k]) for k in resnet_keys)
     res5 = "backbone.bottom_up.res5" if "FPN" in zoo_config else "roi_heads.res5"
     assert torch.equal(params[f"{res5}.2.conv3.norm.running_var"], sd["layer4.2.bn3.running_var"])
     stem = "backbone.bottom_up.stem" if "FPN" in zoo_config else "backbone.stem"
