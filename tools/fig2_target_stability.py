@@ -2,7 +2,7 @@
 
     python tools/fig2_target_stability.py --output fig2.png            # n=20 views, 2048 dims, 2000 trials
     python tools/fig2_target_stability.py --views 10 --show-k 1 2 3 --output fig2.png
-    python tools/fig2_target_stability.py --reference held-out --reference-views 1000   # an estimated reference
+    python tools/fig2_target_stability.py --reference held-out --reference-views 1000   # an estimate
 
 Each trial draws n view embeddings from N(0, I) in 2048 dimensions (the projector's output size). For
 K = 1..n the target is the mean of the first K of them. Left: the distribution over trials of the target's

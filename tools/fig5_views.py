@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("runs_dir", type=Path)
     ap.add_argument("--pretrain", nargs="+", required=True, metavar="NAME=DIR[@EPOCHS]")
     ap.add_argument("--protocol", nargs="+", default=PAPER_PANELS,
-                    help="one panel per protocol (default: COCO R50-C4 and Cityscapes, the paper's two panels)")
+                    help="one panel per protocol (default: the paper's, COCO R50-C4 and Cityscapes)")
     ap.add_argument("--metric", help="TASK/METRIC, e.g. segm/AP (default: the protocol's headline AP)")
     ap.add_argument("--output", type=Path, default=Path("fig5_views.png"))
     args = ap.parse_args(argv)

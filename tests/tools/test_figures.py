@@ -55,7 +55,8 @@ def test_fig2_simulation_numbers():
 def test_fig2_other_references():
     n, dim, m = 8, 2048, 4
     k = np.arange(1, n + 1)
-    held = fig2.simulate(n=n, dim=dim, trials=400, seed=2, reference="held-out", reference_views=m)["distance"]
+    held = fig2.simulate(n=n, dim=dim, trials=400, seed=2, reference="held-out",
+                         reference_views=m)["distance"]
     np.testing.assert_allclose(held, np.sqrt(dim * (1 / k + 1 / m)), rtol=0.02)  # a small M adds its noise
     sample = fig2.simulate(n=n, dim=dim, trials=400, seed=2, reference="sample")["distance"]
     assert sample[-1] == pytest.approx(0.0, abs=1e-9)  # the old reference: the mean of the same n views
@@ -117,7 +118,7 @@ def drawn(module, monkeypatch, argv) -> list[tuple[str, str, list[float]]]:
     monkeypatch.setattr(module, "save_figure", lambda fig, path: figs.append(fig))
     assert module.main(argv) == 0
     (fig,) = figs
-    panels = [(ax.get_title(), ax.get_ylabel(), sorted(y for line in ax.get_lines() for y in line.get_ydata()))
+    panels = [(ax.get_title(), ax.get_ylabel(), sorted(y for ln in ax.get_lines() for y in ln.get_ydata()))
               for ax in fig.axes]
     plt.close(fig)
     return panels
@@ -224,11 +225,47 @@ def test_fig7_views_and_png(model_files, tmp_path):
     model = load_model(ckpt)
     img = fig7.load_image(images[0], 96, crop=False)
     assert img.shape == (3, 60, 80)  # smaller than 96: never enlarged
-    views, cos = fig7.rank_views(model, img, 200, 32, 0.2, False, torch.Generator().manual_seed(0))
-    assert views.shape == (200, 3, 32, 32) and cos.shape == (200,)
-    assert torch.isfinite(cos).all() and (cos <= 1 + 1e-5).all() and cos.std() > 0
+    views, dist = fig7.rank_views(model, img, 200, 32, 0.2, False, torch.Generator().manual_seed(0))
+    assert views.shape == (200, 3, 32, 32) and dist.shape == (200,)
+    assert torch.isfinite(dist).all() and (dist >= 0).all() and dist.std() > 0
     assert (views[0] - views[1]).abs().max() > 0.1  # distinct augmented views
     out = tmp_path / "fig7.png"
     assert fig7.main(["--checkpoint", str(ckpt), "--images", *map(str, images), "--num-views", "24",
-                      "--output", str(out)]) == 0
+                      "--distance", "cosine", "--output", str(out)]) == 0
     assert_png(out)
+
+
+def test_fig7_distance_to_the_mean():
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [5.0, 0.0], [0.9, 0.3]])
+    mean = z.mean(0)
+    euclid, cos = fig7.distance_to_mean(z), fig7.distance_to_mean(z, "cosine")
+    torch.testing.assert_close(euclid, (z - mean).norm(dim=1))
+    torch.testing.assert_close(cos, 1 - z @ mean / (z.norm(dim=1) * mean.norm()))
+    # a long vector along the mean is far in Euclidean distance, close in angle: the two rankings differ
+    assert euclid.argmax() == 3 and cos.argmax() == 4 and cos[3] < cos[0] + 1e-6
+    with pytest.raises(ValueError, match="distance"):
+        fig7.distance_to_mean(z, "l1")
+
+
+def test_fig7_default_is_the_papers_untrained_encoder(model_files, tmp_path, monkeypatch, capsys):
+    """Paper Fig. 7: 200 views through an untrained encoder, ranked by distance to the mean."""
+    _, _, images = model_files
+    args = fig7.parser().parse_args(["--images", "a.png"])
+    assert (args.checkpoint, args.arch, args.num_views, args.distance) == (None, "resnet50", 200, "euclidean")
+    a, b = fig7.untrained_model("resnet18", 64, 0), fig7.untrained_model("resnet18", 64, 0)
+    same = zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    assert all(torch.equal(x, y) for x, y in same)  # seeded
+    assert not a.training
+    # no --checkpoint: an untrained encoder, Euclidean distance; the figure's numbers are those of rank_views
+    figs = []
+    monkeypatch.setattr(fig7, "save_figure", lambda fig, path: figs.append(fig))
+    assert fig7.main(["--images", str(images[0]), "--arch", "resnet18", "--dim", "64", "--size", "32",
+                      "--num-views", "24", "--output", str(tmp_path / "unused.png")]) == 0
+    title = figs[0].texts[0].get_text()  # the suptitle
+    plt.close(figs[0])
+    assert "untrained resnet18 (seed 0)" in title and "euclidean" in title
+    img = fig7.load_image(images[0], 64, crop=False)
+    _, dist = fig7.rank_views(fig7.untrained_model("resnet18", 64, 0), img, 24, 32, 0.2, True,
+                              torch.Generator().manual_seed(0))
+    assert dist.std() > 0  # an untrained encoder still tells the views apart
+    assert f"min {dist.min():.4g}, max {dist.max():.4g}" in capsys.readouterr().err
