@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def moco_rename(key: str) -> str:
     """The reference renaming, written independently of the converter: the rules of MoCo's
-    convert-pretrain-to-detectron2.py as plain str.replace in their order (protocols.md section 3)."""
+    convert-pretrain-to-detectron2.py (facebookresearch/moco@7397dfe, detection/) as str.replace in order."""
     if "layer" not in key:
         key = "stem." + key
     for t in [1, 2, 3, 4]:
@@ -133,7 +133,7 @@ def test_each_input_layout_gives_exact_detectron2_keys_and_values(tmp_path, r18,
 
 
 def test_real_siamesenet_checkpoint(tmp_path):
-    """This project's own checkpoint.pth layout, from the real SiameseNet (contracts.md)."""
+    """This project's own checkpoint.pth layout (pretrain/checkpoint.py), from the real SiameseNet."""
     model = SiameseNet(arch="resnet18", dim=64, pred_dim=16)
     sd = model.state_dict()
     torch.save({"model": sd, "optimizer": {}, "scaler": None, "epoch": 1, "iteration": 5,
