@@ -2,27 +2,27 @@
 IMAGENET1K_V1 (a second row, "imagenet_torchvision").
 
     # the paper's rows: MSRA R-50, checked, for configs/transfer/msra/*.yaml (BGR, Caffe mean, std 1)
-    python -m transfer.imagenet_weights weights_msra/imagenet.pth                        # download where allowed
-    python -m transfer.imagenet_weights weights_msra/imagenet.pth --from-file R-50.pkl   # offline
+    python -m transfer.imagenet_weights weights_msra/imagenet.pth                       # downloads it
+    python -m transfer.imagenet_weights weights_msra/imagenet.pth --from-file R-50.pkl  # offline
     # torchvision's supervised ResNet-50, hash-checked and converted, for configs/transfer/*.yaml (RGB)
     python -m transfer.imagenet_weights weights/imagenet_torchvision.pth --source torchvision
     python -m transfer.imagenet_weights weights/imagenet_torchvision.pth --source torchvision \\
         --from-file resnet50-0676ba61.pth
 
-Where the paper's ImageNet rows come from: its Random/ImageNet/MoCo rows are the numbers of PyContrast (Table 1)
-and of the MoCo paper (Tables 2-4), and their supervised configs load detectron2's
+Where the paper's ImageNet rows come from: its Random/ImageNet/MoCo rows are the numbers of PyContrast
+(Table 1) and of the MoCo paper (Tables 2-4), and their supervised configs load detectron2's
 ``detectron2://ImageNetPretrained/MSRA/R-50.pkl`` with detectron2's default input: BGR, Caffe pixel mean
 [103.530, 116.280, 123.675], PIXEL_STD [1, 1, 1], RESNETS.STRIDE_IN_1X1 True (HobbitLong/PyContrast
 pycontrast/detection/configs/R_50_FPN_1x.yaml; facebookresearch/moco detection/configs/coco_R_50_C4_2x.yaml;
-DetCo benchmarks/detection/configs keypoint_rcnn_R_50_FPN_2x.yaml and Cityscapes/mask_rcnn_R_50_FPN.yaml). That
-file is a Caffe2 pickle: Caffe2 names (``res2_0_branch2a_w``), BatchNorm folded into a scale and a bias
+DetCo benchmarks/detection/configs keypoint_rcnn_R_50_FPN_2x.yaml and Cityscapes/mask_rcnn_R_50_FPN.yaml).
+That file is a Caffe2 pickle: Caffe2 names (``res2_0_branch2a_w``), BatchNorm folded into a scale and a bias
 (``_bn_s``, ``_bn_b``: no running statistics), a stem conv bias ``conv1_b`` and the classifier ``fc1000_*``.
-detectron2 renames it itself (``__author__ == "Caffe2"``), so it is checked here, not converted: every backbone
-tensor present with a ResNet-50 shape, nothing but the known extras, and no pickled object but numpy arrays.
+detectron2 renames it itself (``__author__ == "Caffe2"``), so it is checked here, not converted: every
+backbone tensor present with a ResNet-50 shape, nothing but the known extras, no pickled object but arrays.
 
-torchvision's IMAGENET1K_V1 is another supervised ResNet-50 (RGB, torchvision mean/std, stride in the 3x3 conv).
-It goes through transfer.convert like FastSiam's checkpoints and runs with the same configs, so it is the
-like-for-like baseline for this project's weights, but not the one behind the paper's ImageNet numbers.
+torchvision's IMAGENET1K_V1 is another supervised ResNet-50 (RGB, torchvision mean/std, stride in the 3x3
+conv). It goes through transfer.convert like FastSiam's checkpoints and runs with the same configs, so it is
+the like-for-like baseline for this project's weights, but not the one behind the paper's ImageNet numbers.
 """
 from __future__ import annotations
 
@@ -64,11 +64,13 @@ R50 = (True, (3, 4, 6, 3))  # bottleneck blocks, blocks per stage
 _C2_BLOCK = re.compile(r"^res([2-5])_(\d+)_branch(1|2a|2b|2c)_(w|b|bn_s|bn_b|bn_rm|bn_riv)$")
 _C2_STEM = {"conv1_w": "conv1.weight", "res_conv1_bn_s": "bn1.weight", "res_conv1_bn_b": "bn1.bias",
             "res_conv1_bn_rm": "bn1.running_mean", "res_conv1_bn_riv": "bn1.running_var"}
-_C2_SUFFIX = {"w": "weight", "bn_s": "weight", "bn_b": "bias", "bn_rm": "running_mean", "bn_riv": "running_var"}
+_C2_SUFFIX = {"w": "weight", "bn_s": "weight", "bn_b": "bias", "bn_rm": "running_mean",
+              "bn_riv": "running_var"}
 # what a pickle of numpy arrays needs to unpickle (Python 2 pickles name numpy.core, numpy 2 numpy._core)
 _ARRAY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                   ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
-                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("collections", "OrderedDict")}
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+                  ("collections", "OrderedDict")}
 
 
 class OfflineError(ConvertError):
@@ -198,7 +200,7 @@ def read_caffe2(path: str) -> dict:
 
 def torchvision_key(c2_key: str) -> str | None:
     """Caffe2 ResNet name -> torchvision's (res2_0_branch2a_bn_s -> layer1.0.bn1.weight); None if it is none.
-    Conv biases (``_b`` of a conv, e.g. conv1_b) return None: detectron2's convs before a norm have no bias."""
+    Conv biases (``_b`` of a conv, e.g. conv1_b) give None: detectron2's convs before a norm have no bias."""
     if c2_key in _C2_STEM:
         return _C2_STEM[c2_key]
     m = _C2_BLOCK.match(c2_key)
@@ -235,8 +237,8 @@ def check_msra(blobs: dict, path: str) -> tuple[dict, dict]:
     bottleneck = "layer1.0.conv3.weight" in shapes
     if (bottleneck, blocks) != R50:
         kind = "bottleneck" if bottleneck else "basic"
-        raise ConvertError(f"{path} is a ResNet with {kind} blocks {'-'.join(map(str, blocks))}, not the MSRA "
-                           "ResNet-50 (bottleneck blocks 3-4-6-3) the msra/ configs are written for")
+        raise ConvertError(f"{path} is a ResNet with {kind} blocks {'-'.join(map(str, blocks))}, not the "
+                           "MSRA ResNet-50 (bottleneck blocks 3-4-6-3) the msra/ configs are written for")
     # folded BN: scale and bias are required, running statistics are used where a file has them
     required = {k for k in resnet_shapes(*R50) if k.endswith(("weight", "bias"))}
     missing = sorted(required - shapes.keys())
@@ -252,7 +254,7 @@ def msra_weights(output_path: str, from_file: str | None = None) -> dict:
 
     ``.pkl``: the checked file, byte for byte (detectron2 unpickles it, as from the detectron2:// URL).
     ``.pth``: its backbone tensors under their Caffe2 names with ``__author__ "Caffe2"`` (detectron2 renames
-    them, as for the .pkl) read with torch's weights_only loader; the extras it would leave unused are left out.
+    them, as for the .pkl) read with torch's weights_only loader; extras it would leave unused are left out.
     The file is `from_file` if given, else detectron2's cached copy, else downloaded there.
     """
     check_output(output_path, "detectron2")
@@ -302,8 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.source == "msra":
             if args.format != "detectron2":
-                raise ConvertError("--format torchvision needs --source torchvision (the MSRA file's BN is "
-                                   "folded, and its stride sits in the 1x1 conv: it is no torchvision ResNet)")
+                raise ConvertError("--format torchvision needs --source torchvision (the MSRA file's BN "
+                                   "is folded, and it strides in the 1x1 conv: it is no torchvision ResNet)")
             s = msra_weights(args.output, args.from_file)
         else:
             s = torchvision_weights(args.output, args.from_file, args.format)

@@ -28,8 +28,8 @@ FPN_SIZES = (640, 672, 704, 736, 768, 800)
 COMMON = {"MODEL.BACKBONE.FREEZE_AT": 0, "MODEL.RESNETS.DEPTH": 50, "MODEL.RESNETS.NORM": "SyncBN",
           "TEST.PRECISE_BN.ENABLED": True}
 # each variant's input conventions and weights: the protocol file takes converted torchvision-layout weights;
-# msra/ is the paper's ImageNet row (detectron2's MSRA R-50) and _random the Random row, both with detectron2's
-# default input as in PyContrast's R_50_FPN_1x.yaml and R_50_FPN_1x_rand.yaml
+# msra/ is the paper's ImageNet row (detectron2's MSRA R-50) and _random the Random row, both with
+# detectron2's default input as in PyContrast's R_50_FPN_1x.yaml and R_50_FPN_1x_rand.yaml
 VARIANTS = {"": (TORCHVISION_INPUT, "CONVERTED_BACKBONE.pth"), "_random": (MSRA_INPUT, ""),
             "msra/": (MSRA_INPUT, MSRA_URL)}
 COCO_1X = {"SOLVER.IMS_PER_BATCH": 16, "SOLVER.BASE_LR": 0.02, "SOLVER.STEPS": (60000, 80000),
@@ -149,7 +149,7 @@ def test_variants_change_only_the_input_conventions_and_the_weights(stem, varian
 
 
 def test_msra_conventions_are_detectron2s_defaults():
-    """The MSRA R-50 input (BGR, Caffe mean, std 1, stride in the 1x1) is what detectron2 assumes by default."""
+    """The MSRA R-50 input (BGR, Caffe mean, std 1, stride in the 1x1) is detectron2's default."""
     defaults = get_cfg()
     for key, expected in MSRA_INPUT.items():
         got = value(defaults, key)

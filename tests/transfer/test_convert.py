@@ -257,8 +257,8 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(tmp_path, r18, capsys):
 
 
 def test_shape_errors_name_the_first_offenders(tmp_path, r18):
-    """Every tensor of ResNet-50 weights in a ResNet-18-shaped file is wrong: the first three are named, in the
-    network's order, with the count; the keys alone (a ResNet-18's) cannot tell."""
+    """ResNet-50 tensors under ResNet-18 keys, which the keys alone cannot tell: the first three offenders are
+    named, in the network's order, with the count."""
     r50 = shape_only_sd("resnet50")
     mixed = {k: (r50[k] if k in r50 else v) for k, v in r18.items()}  # ResNet-18 keys, ResNet-50 shapes
     torch.save(mixed, tmp_path / "in.pth")
@@ -290,7 +290,8 @@ def test_resnet_shapes_equal_torchvision():
                        ("resnext50_32x4d", (True, (3, 4, 6, 3), 128, 32))]:
         with torch.device("meta"):
             sd = getattr(torchvision.models, arch)().state_dict()
-        assert cv.resnet_shapes(*args) == {k: tuple(v.shape) for k, v in sd.items() if not k.startswith("fc.")}
+        expected = {k: tuple(v.shape) for k, v in sd.items() if not k.startswith("fc.")}
+        assert cv.resnet_shapes(*args) == expected, arch
 
 
 def test_bad_outputs_fail_cleanly(tmp_path, r18, capsys):
