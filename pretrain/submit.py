@@ -4,17 +4,17 @@
         --config configs/pretrain/simsiam_r50_in1k_100ep.yaml --data /data/imagenet/train \\
         --output-dir /shared/runs/simsiam_r50_in1k_100ep
     python -m pretrain.submit --dry-run --nodes 2 --gpus-per-node 8 -- ...   # print the job, submit nothing
-    python -m pretrain.submit --launcher submitit-local --gpus-per-node 0 -- ... # the same job on this machine
+    python -m pretrain.submit --launcher submitit-local --gpus-per-node 0 -- ...  # the same job, here
 
-Everything after `--` is the usual `python -m pretrain` command line. Each Slurm task (one per GPU) runs it as a
-child process with the variables torchrun would set (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; read
-by pretrain/distributed.py), taken from the job's environment (submitit.JobEnvironment). When Slurm announces the
-time limit or a preemption (USR2, submitit's signal), rank 0's task sends SIGTERM to its child, whose engine writes
-checkpoint.pth after the running iteration (the ranks agree on stopping at every step, so all stop together);
-submitit then requeues the job, and the requeued job resumes from checkpoint.pth exactly as rerunning the same
-command does. The output dir must be on a filesystem every node sees; the job's records (sbatch script, pickles,
-one log per task) go to OUTPUT_DIR/submitit/. The launcher `submitit-local` runs the same job through submitit's
-LocalExecutor (one node, no Slurm) and waits for it.
+Everything after `--` is the usual `python -m pretrain` command line. Each Slurm task (one per GPU) runs it as
+a child process with the variables torchrun would set (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT;
+read by pretrain/distributed.py), taken from the job's environment (submitit.JobEnvironment). When Slurm
+announces the time limit or a preemption (USR2, submitit's signal), rank 0's task sends SIGTERM to its child,
+whose engine writes checkpoint.pth after the running iteration (the ranks agree on stopping at every step, so
+all stop together); submitit then requeues the job, and the requeued job resumes from checkpoint.pth exactly
+as rerunning the same command does. The output dir must be on a filesystem every node sees; the job's records
+(sbatch script, pickles, one log per task) go to OUTPUT_DIR/submitit/. The launcher `submitit-local` runs the
+same job through submitit's LocalExecutor (one node, no Slurm) and waits for it.
 
 The generic parts (resources, executor, child-process job, job records) are shared with tools/launch/slurm.py,
 which submits the detectron2 transfer cells the same way.
@@ -78,7 +78,7 @@ def add_resource_arguments(ap: argparse.ArgumentParser, cpus_help: str) -> None:
 
 
 def resources_from_args(args, tasks_per_node: int, cpus_per_task: int) -> Resources:
-    """Resources from add_resource_arguments' options; args.launcher and args.dry_run are checked with them."""
+    """Resources from add_resource_arguments' options (args.launcher and args.dry_run are checked too)."""
     if args.launcher == "slurm" and not args.dry_run and shutil.which("srun") is None:
         raise UsageError("Slurm's srun is not on PATH: submit from a Slurm login node, or use --dry-run or "
                          "--launcher submitit-local")
@@ -90,7 +90,7 @@ def resources_from_args(args, tasks_per_node: int, cpus_per_task: int) -> Resour
     for pair in args.slurm_arg:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise UsageError(f"bad --slurm-arg {pair!r}: expected KEY=VALUE (an sbatch option without its --)")
+            raise UsageError(f"bad --slurm-arg {pair!r}: expected KEY=VALUE (an sbatch option, no --)")
         extra[key.strip().lstrip("-")] = value
     return Resources(args.nodes, args.gpus_per_node, tasks_per_node,
                      args.cpus_per_task if args.cpus_per_task is not None else cpus_per_task,
@@ -116,8 +116,8 @@ def make_executor(launcher: str, folder: Path, res: Resources, name: str):
 
 # ---------------------------------------------------------------- the job: a child process under submitit
 def master_port(job_id: str) -> int:
-    """A port every task of a job derives alike from the job id (as submitit's TorchDistributedEnvironment does,
-    with crc32 instead of Python's random), so concurrent jobs on one node rarely collide."""
+    """A port every task of a job derives alike from the job id (as submitit's TorchDistributedEnvironment
+    does, with crc32 instead of Python's random), so concurrent jobs on one node rarely collide."""
     return 20000 + zlib.crc32(str(job_id).encode()) % 40000
 
 
@@ -125,13 +125,14 @@ def torch_env(job_env) -> dict[str, str]:
     """The variables torchrun sets for one process, from a submitit JobEnvironment (one task per GPU): global
     rank = Slurm's task id, local rank = its index on the node, rendezvous on the job's first node."""
     return {"RANK": str(job_env.global_rank), "LOCAL_RANK": str(job_env.local_rank),
-            "WORLD_SIZE": str(job_env.num_tasks), "LOCAL_WORLD_SIZE": str(job_env.num_tasks // job_env.num_nodes),
+            "WORLD_SIZE": str(job_env.num_tasks),
+            "LOCAL_WORLD_SIZE": str(job_env.num_tasks // job_env.num_nodes),
             "MASTER_ADDR": job_env.hostnames[0], "MASTER_PORT": str(master_port(job_env.job_id))}
 
 
 def _ignore_preemption_signal() -> None:
-    """In the child before exec: Slurm signals every process of the job step; only the submitit task must act on
-    it (by stopping its child cleanly), not the child itself, whose default action would be to die at once."""
+    """In the child before exec: Slurm signals every process of the job step; only the submitit task must
+    act on it (by stopping its child cleanly), not the child itself, whose default action is to die."""
     import submitit
 
     signal.signal(getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG), signal.SIG_IGN)
@@ -140,9 +141,9 @@ def _ignore_preemption_signal() -> None:
 class ChildJob:
     """A submitit callable that runs a command as a child process and is requeued when Slurm stops the job.
 
-    submitit calls checkpoint() on global rank 0 when the time limit or a preemption is announced; it returns the
-    job to requeue. Subclasses choose the command and environment per task (command(), environment()) and what
-    counts as done (check_done())."""
+    submitit calls checkpoint() on global rank 0 when the time limit or a preemption is announced; it returns
+    the job to requeue. Subclasses choose the command and environment per task (command(), environment()) and
+    what counts as done (check_done())."""
 
     def __init__(self, cmd: list[str], env: dict[str, str] | None = None):
         self.cmd, self.env = list(cmd), dict(env or {})
@@ -179,7 +180,7 @@ class ChildJob:
         return rc
 
     def _stop_child(self) -> None:
-        """SIGTERM, then wait: the pretraining engine writes a checkpoint after the running iteration and exits.
+        """SIGTERM, then wait: the pretraining engine writes a checkpoint after the running iteration, exits.
         os.waitpid directly, as this may run inside a signal handler that interrupted Popen.poll()."""
         proc = self._proc
         if proc is None or proc.returncode is not None:
@@ -207,7 +208,7 @@ class ChildJob:
 
 
 class PretrainJob(ChildJob):
-    """`python -m pretrain ARGS` as rank RANK of WORLD_SIZE; it resumes from OUTPUT_DIR/checkpoint.pth itself."""
+    """`python -m pretrain ARGS` as rank RANK of WORLD_SIZE; it resumes from OUTPUT_DIR/checkpoint.pth."""
 
     def environment(self, job_env) -> dict[str, str]:
         return torch_env(job_env)
@@ -257,28 +258,45 @@ def _local_alive(pid: str) -> bool:
         return False
 
 
-def job_status(folder: Path) -> JobStatus:
-    """The state of the last job submitted from `folder`, from its record and submitit's files (and sacct)."""
+def job_statuses(folders: list[Path]) -> list[JobStatus]:
+    """The state of the last job submitted from each folder, from its record, submitit's files and, for Slurm
+    jobs, one sacct call for all of them."""
     import submitit
 
-    try:
-        record = json.loads((folder / RECORD).read_text())
-    except (OSError, ValueError):
-        return JobStatus("none")
-    job_id = record["job_id"]
-    job = (submitit.SlurmJob if record["launcher"] == "slurm" else submitit.LocalJob)(folder, job_id)
+    jobs = []
+    for folder in folders:
+        try:
+            record = json.loads((folder / RECORD).read_text())
+        except (OSError, ValueError):
+            jobs.append(None)
+            continue
+        slurm = record["launcher"] == "slurm"
+        jobs.append((slurm, (submitit.SlurmJob if slurm else submitit.LocalJob)(folder, record["job_id"])))
+    if any(j is not None and j[0] for j in jobs):
+        submitit.SlurmJob.watcher.update()  # sacct for every registered job at once, then read from its cache
+    return [JobStatus("none") if j is None else _status(*j) for j in jobs]
+
+
+def job_status(folder: Path) -> JobStatus:
+    return job_statuses([folder])[0]
+
+
+def _status(slurm: bool, job) -> JobStatus:
+    job_id = job.job_id
     if job.paths.result_pickle.exists():
         error = job.exception()
         return JobStatus("finished", job_id) if error is None else JobStatus("failed", job_id, _log_tail(job))
-    if record["launcher"] != "slurm":
-        return JobStatus("running", job_id) if _local_alive(job_id) else JobStatus("failed", job_id, _log_tail(job))
-    state = job.state.upper()
+    if not slurm:
+        alive = _local_alive(job_id)
+        return JobStatus("running", job_id) if alive else JobStatus("failed", job_id, _log_tail(job))
+    state = (job.get_info(mode="cache").get("State") or "UNKNOWN").upper()
     if state.startswith(_QUEUED):
         return JobStatus("queued", job_id)
     if state.startswith(_RUNNING):
         return JobStatus("running", job_id)
     if state == "UNKNOWN":
-        return JobStatus("unknown", job_id, f"sacct did not answer; remove {folder / RECORD} to submit again")
+        record = job.paths.folder / RECORD
+        return JobStatus("unknown", job_id, f"sacct did not answer; remove {record} to submit again")
     return JobStatus("failed", job_id, f"{state}: {_log_tail(job)}")
 
 
@@ -307,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(known.output_dir).resolve() / "submitit"
         cmd = [sys.executable, "-m", "pretrain", *pretrain_args]
         if args.dry_run:
-            print(f"resources: {res.describe()}\ncommand:   {shlex.join(cmd)}  (one per task, RANK from Slurm)\n"
+            print(f"resources: {res.describe()}\n"
+                  f"command:   {shlex.join(cmd)}  (one per task, RANK from Slurm)\n"
                   f"output:    {Path(known.output_dir).resolve()}  (job records: {folder})")
             return 0
         status = job_status(folder)

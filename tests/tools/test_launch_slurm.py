@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import pickle
 import shlex
 import sys
 from pathlib import Path
@@ -19,8 +20,8 @@ REPO = Path(__file__).resolve().parents[2]
 INSTANT = REPO / "configs" / "transfer" / "instant"
 
 # Stands in for `python -m transfer.train_net`. First run: leaves a checkpoint, checks that Slurm's preemption
-# signal (USR2, which Slurm sends to every process of the job) does not kill it, then asks its submitit task to
-# checkpoint-and-requeue, as Slurm would, and waits to be stopped. A run with --resume writes results.json.
+# signal (USR2, which Slurm sends to every process of the job) does not kill it, then asks its submitit task
+# to checkpoint-and-requeue, as Slurm would, and waits to be stopped. A run with --resume writes results.json.
 PREEMPTED_TRAINER = """
 import json, os, signal, sys, time
 from pathlib import Path
@@ -48,7 +49,8 @@ def test_dry_run_prints_the_job_of_every_pending_cell(tmp_path, capsys):
     cut.mkdir(parents=True)
     (cut / "last_checkpoint").write_text("model_0000999.pth")
     args = ["--random", "--seeds", "0", "1", "2", "--runs", str(runs), "--configs",
-            str(REPO / "configs/transfer/coco_R_50_FPN_1x.yaml"), str(REPO / "configs/transfer/coco_R_50_C4_1x.yaml"),
+            str(REPO / "configs/transfer/coco_R_50_FPN_1x.yaml"),
+            str(REPO / "configs/transfer/coco_R_50_C4_1x.yaml"),
             "--launcher", "slurm", "--dry-run", "--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu",
             "--account", "lab", "--qos", "high", "--timeout-min", "600", "--slurm-arg", "constraint=a100",
             "--slurm-arg", "mem=0", "--", "SOLVER.CHECKPOINT_PERIOD", "2000"]
@@ -59,7 +61,8 @@ def test_dry_run_prints_the_job_of_every_pending_cell(tmp_path, capsys):
     for block in blocks:
         head, res, cmd, output = block.strip().splitlines()
         assert res.split(None, 1)[1] == ("nodes=2 gpus_per_node=8 tasks_per_node=1 cpus_per_task=48 "
-                                         "timeout_min=600 partition=gpu account=lab qos=high constraint=a100 mem=0")
+                                         "timeout_min=600 partition=gpu account=lab qos=high "
+                                         "constraint=a100 mem=0")
         cmd = shlex.split(cmd.split(None, 1)[1])
         assert cmd[cmd.index("--num-gpus"):cmd.index("--num-gpus") + 8] == [
             "--num-gpus", "8", "--num-machines", "2", "--machine-rank", "<node-rank>",
@@ -126,9 +129,11 @@ def test_preempted_cell_is_requeued_and_resumes(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().out.split() == ["done", str(out)]
 
 
+@pytest.mark.slow  # two detectron2 instant runs: ~25 s on 2 idle cores
 @pytest.mark.skipif(importlib.util.find_spec("detectron2") is None, reason="needs detectron2")
 def test_two_instant_cells_through_submitit_then_skipped(tmp_path, monkeypatch, capsys):
-    """The real trainer on two instant cells, each a submitit job run by LocalExecutor; a rerun submits none."""
+    """The real trainer on two instant cells, each a submitit job run by LocalExecutor; a rerun submits
+    none."""
     from tools import make_detection_data
 
     make_detection_data.make_all(str(tmp_path / "data"), num_images=10, seed=0)
@@ -150,4 +155,54 @@ def test_two_instant_cells_through_submitit_then_skipped(tmp_path, monkeypatch, 
     err = capsys.readouterr().err
     assert "2 cells, 2 done, 0 to run" in err and "job" not in err
     assert run_matrix.main(["--status", *args]) == 0
-    assert [line.split() for line in capsys.readouterr().out.splitlines()] == [["done", str(c)] for c in cells]
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split() for line in lines] == [["done", str(c)] for c in cells]
+
+
+# sacct as Slurm's accounting would answer for the jobs of the status test (JobID|State|NodeList)
+FAKE_SACCT = """#!/bin/sh
+printf 'JobID|State|NodeList\\n101|PENDING|None assigned\\n102|RUNNING|gpu-a17\\n102.0|RUNNING|gpu-a17\\n'
+printf '103|TIMEOUT|gpu-a18\\n'
+"""
+
+
+def test_status_one_line_per_cell(tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text(FAKE_SACCT)
+    (bin_dir / "sacct").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    runs = tmp_path / "runs"
+    cfg = INSTANT / "coco_R_50_FPN_1x_instant.yaml"
+    seed = [runs / f"random/{cfg.stem}/seed{k}" for k in range(7)]
+    (seed[0]).mkdir(parents=True)
+    (seed[0] / "results.json").write_text("{}")  # done, whatever its job says
+    seed[1].mkdir()
+    (seed[1] / "last_checkpoint").write_text("model_0000999.pth")  # never submitted, cut off locally
+    for k, job_id, launcher in ((2, "101", "slurm"), (3, "102", "slurm"), (4, "103", "slurm"),
+                                (5, "999999999", "submitit-local"), (6, "104", "slurm")):
+        jobs = seed[k] / "submitit"
+        jobs.mkdir(parents=True)
+        (jobs / "job.json").write_text(json.dumps({"job_id": job_id, "launcher": launcher}))
+    (seed[4] / "submitit/103_0_log.err").write_text(
+        "[d2] iter: 80000 loss 0.3\nslurmstepd: error: *** JOB 103 CANCELLED DUE TO TIME LIMIT ***\n")
+    (seed[5] / "submitit/999999999_0_log.err").write_text(
+        "FileNotFoundError: weights.pth\nsubmitit ERROR (...) - Submitted job triggered an exception\n"
+        "Traceback (most recent call last):\nRuntimeError: exit status 1: python -m transfer.train_net\n")
+    with open(seed[5] / "submitit/999999999_0_result.pkl", "wb") as f:
+        pickle.dump(("error", "Traceback ...\nRuntimeError: exit status 1"), f)
+    with open(seed[6] / "submitit/104_0_result.pkl", "wb") as f:  # finished, but no results.json
+        pickle.dump(("success", 0), f)
+    args = ["--status", "--random", "--seeds", *map(str, range(7)), "--runs", str(runs),
+            "--configs", str(cfg)]
+    assert run_matrix.main(args) == 0
+    out = capsys.readouterr()
+    lines = out.out.splitlines()
+    assert [line.split()[:2] for line in lines] == [[s, str(d)] for s, d in zip(
+        ("done", "pending", "queued", "running", "failed", "failed", "failed"), seed, strict=True)]
+    assert lines[1].endswith("(has a checkpoint: resumes)")
+    assert lines[2].endswith("job 101") and lines[3].endswith("job 102")
+    assert "job 103: TIMEOUT: slurmstepd: error: *** JOB 103 CANCELLED DUE TO TIME LIMIT ***" in lines[4]
+    assert "job 999999999: FileNotFoundError: weights.pth  [log: " in lines[5]  # the trainer's line, not ours
+    assert lines[6].endswith("job 104: finished without results.json")
+    assert "7 cells: 1 done, 1 pending, 1 queued, 1 running, 3 failed" in out.err

@@ -1,12 +1,13 @@
 """The Slurm launcher: one submitit job per cell, requeued on preemption or time limit; and the matrix status.
 
-A cell's job has one task per machine; each task runs the trainer, whose detectron2 `launch` starts one process
-per GPU. With several machines the task passes detectron2 its machine rank and rendezvous address, taken from the
-job's environment (submitit.JobEnvironment): --num-machines N --machine-rank <Slurm node id> --dist-url
-tcp://<first node of the job>:<port from the job id>. When Slurm announces the time limit or a preemption,
-submitit calls CellJob.checkpoint() (pretrain/submit.py's ChildJob): the trainer is stopped, the job requeued,
-and the requeued job starts the trainer with --resume, from detectron2's last checkpoint in OUTPUT_DIR (the work
-since SOLVER.CHECKPOINT_PERIOD's last save is done again). Job records live in OUTPUT_DIR/submitit/.
+A cell's job has one task per machine; each task runs the trainer, whose detectron2 `launch` starts one
+process per GPU. With several machines the task passes detectron2 its machine rank and rendezvous address,
+taken from the job's environment (submitit.JobEnvironment): --num-machines N --machine-rank <Slurm node id>
+--dist-url tcp://<first node of the job>:<port from the job id>. When Slurm announces the time limit or a
+preemption, submitit calls CellJob.checkpoint() (pretrain/submit.py's ChildJob): the trainer is stopped, the
+job requeued, and the requeued job starts the trainer with --resume, from detectron2's last checkpoint in
+OUTPUT_DIR (the work since SOLVER.CHECKPOINT_PERIOD's last save is done again). Job records live in
+OUTPUT_DIR/submitit/.
 """
 from __future__ import annotations
 
@@ -15,7 +16,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from pretrain.submit import ChildJob, Resources, job_status, make_executor, master_port, write_record
+from pretrain.submit import (
+    ChildJob,
+    Resources,
+    job_status,
+    job_statuses,
+    make_executor,
+    master_port,
+    write_record,
+)
 from tools.launch.cell import Cell
 
 LOCAL = "submitit-local"
@@ -58,7 +67,7 @@ def submit(todo: list[Cell], trainer: list[str], extra: list[str], res: Resource
     submitit-local runs each job on this machine and waits for it. Returns the cells that failed."""
     failed = []
     for i, cell in enumerate(todo, 1):
-        cell = replace(cell, out=cell.out.resolve())  # the job may start in another working directory
+        cell = replace(cell, out=cell.out.resolve(), config=cell.config.resolve())  # valid from any directory
         job = CellJob(cell, trainer, extra, res.nodes, res.gpus_per_node)
         tag = f"[{i}/{len(todo)}]"
         if dry_run:
@@ -72,32 +81,32 @@ def submit(todo: list[Cell], trainer: list[str], extra: list[str], res: Resource
             print(f"{tag} already {status.state} as job {status.job_id}: {cell.out}", file=sys.stderr)
             continue
         folder(cell).mkdir(parents=True, exist_ok=True)
-        ex = make_executor(launcher, folder(cell), res, name=f"{cell.name}:{cell.config.stem}:seed{cell.seed}")
+        name = f"{cell.name}:{cell.config.stem}:seed{cell.seed}"
+        ex = make_executor(launcher, folder(cell), res, name=name)
         sub = ex.submit(job)
         write_record(folder(cell), sub, launcher, cell.command(trainer, [], extra), res)
         print(f"{tag} job {sub.job_id}: {cell.out}", file=sys.stderr, flush=True)
         if launcher == LOCAL:  # this machine runs it: one cell at a time, as the local launcher does
             sub.wait()
             if sub.exception() is not None or not cell.done:
-                print(f"{tag} FAILED {cell.out}: {job_status(folder(cell)).detail}", file=sys.stderr, flush=True)
+                why = job_status(folder(cell)).detail
+                print(f"{tag} FAILED {cell.out}: {why}", file=sys.stderr, flush=True)
                 failed.append(cell)
     return failed
 
 
 def status_lines(cells: list[Cell]) -> list[str]:
-    """One line per cell: done, pending (not submitted), queued / running (job id), failed (tail of its log)."""
+    """One line per cell: done, pending (not submitted), queued or running (job id), failed (log tail)."""
     lines = []
-    for cell in cells:
+    for cell, st in zip(cells, job_statuses([folder(c) for c in cells]), strict=True):
         if cell.done:
             state, note = "done", ""
+        elif st.state == "none":
+            resumes = (cell.out / "last_checkpoint").exists()
+            state, note = "pending", "  (has a checkpoint: resumes)" if resumes else ""
+        elif st.state == "finished":  # the job ended well but the trainer wrote no results.json
+            state, note = "failed", f"  job {st.job_id}: finished without results.json"
         else:
-            st = job_status(folder(cell))
-            if st.state == "none":
-                resumes = (cell.out / "last_checkpoint").exists()
-                state, note = "pending", "  (has a checkpoint: resumes)" if resumes else ""
-            elif st.state == "finished":  # the job ended well but the trainer wrote no results.json
-                state, note = "failed", f"  job {st.job_id}: finished without results.json"
-            else:
-                state, note = st.state, f"  job {st.job_id}" + (f": {st.detail}" if st.detail else "")
+            state, note = st.state, f"  job {st.job_id}" + (f": {st.detail}" if st.detail else "")
         lines.append(f"{state:<8} {cell.out}{note}")
     return lines

@@ -1,0 +1,126 @@
+"""python -m pretrain.submit without a Slurm cluster: the Slurm-to-torchrun variable mapping of multi-node
+jobs, dry runs, bad input, and a job run by submitit's LocalExecutor that is preempted, requeued and resumes
+exactly."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pretrain import submit
+from tests.pretrain.conftest import TINY, run_pretrain
+
+NODE_ENV = {  # task 11 of a 2 x 8 job, as Slurm sets it on the second node
+    "SUBMITIT_EXECUTOR": "slurm", "SLURM_JOB_ID": "4242", "SLURM_NTASKS": "16", "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_NODEID": "1", "SLURM_PROCID": "11", "SLURM_LOCALID": "3", "SLURM_JOB_NODELIST": "gpu-a[17-18]"}
+
+
+def test_slurm_environment_maps_to_torchrun_variables(monkeypatch):
+    import submitit
+
+    for key, value in NODE_ENV.items():
+        monkeypatch.setenv(key, value)
+    env = submit.torch_env(submitit.JobEnvironment())
+    assert {k: v for k, v in env.items() if k != "MASTER_PORT"} == {
+        "RANK": "11", "LOCAL_RANK": "3", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8",
+        "MASTER_ADDR": "gpu-a17"}
+    assert 20000 <= int(env["MASTER_PORT"]) < 60000
+
+
+def test_every_task_of_a_multi_node_job_gets_its_own_rank_and_one_rendezvous():
+    class FakeJobEnv:  # what submitit.JobEnvironment reports in task `rank` of a 2-node, 8-GPU job
+        def __init__(self, rank):
+            self.global_rank, self.local_rank, self.node = rank, rank % 8, rank // 8
+            self.num_tasks, self.num_nodes, self.job_id = 16, 2, "9001"
+            self.hostnames = ["node-a", "node-b"]
+
+    envs = [submit.PretrainJob(["python"]).environment(FakeJobEnv(r)) for r in range(16)]
+    assert sorted(int(e["RANK"]) for e in envs) == list(range(16))
+    assert [e["LOCAL_RANK"] for e in envs] == [str(r % 8) for r in range(16)]
+    assert {(e["MASTER_ADDR"], e["MASTER_PORT"], e["WORLD_SIZE"]) for e in envs} == {
+        ("node-a", str(submit.master_port("9001")), "16")}
+    assert submit.master_port("9001") != submit.master_port("9002")  # two jobs on a node: other ports
+
+
+def test_dry_run_prints_the_job(tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["--dry-run", "--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu", "--timeout-min", "720",
+            "--slurm-arg", "constraint=h100", "--",
+            "--config", "configs/pretrain/fastsiam_r50_in1k_25ep.yaml",
+            "--data", "/data/imagenet/train", "--output-dir", str(out), "workers=8"]
+    assert submit.main(args) == 0
+    res, cmd, output = capsys.readouterr().out.strip().splitlines()
+    assert res == ("resources: nodes=2 gpus_per_node=8 tasks_per_node=8 cpus_per_task=10 timeout_min=720 "
+                   "partition=gpu constraint=h100")
+    assert cmd.split()[2:4] == ["-m", "pretrain"] and cmd.split("  (")[0].endswith(f"{out} workers=8")
+    assert output.split()[1] == str(out.resolve()) and str(out.resolve() / "submitit") in output
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dry-run", "--config", "c.yaml"], "after --"),
+    (["--dry-run", "--", "--config", "c.yaml"], "need --output-dir"),
+    (["--", "--output-dir", "OUT"], "srun is not on PATH"),
+    (["--launcher", "submitit-local", "--nodes", "2", "--", "--output-dir", "OUT"], "this machine only"),
+], ids=["no-separator", "no-output-dir", "no-slurm", "local-multi-node"])
+def test_bad_input_exits_2(tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    monkeypatch.chdir(tmp_path)
+    assert submit.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "OUT").exists()
+
+
+def _pretrain_child(out: Path) -> tuple[int, int] | None:
+    """(pid, parent pid) of the running `python -m pretrain ... --output-dir OUT`; the parent is the submitit
+    task."""
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"pretrain" in argv and str(out).encode() in argv:
+                return int(proc.name), int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def _iterations(out: Path) -> list[int]:
+    log = out / "log.jsonl"
+    return [json.loads(line)["iteration"] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.mark.slow  # two tiny runs and submitit's processes: ~15 s on 2 idle cores
+def test_preempted_job_is_requeued_and_resumes_exactly(image_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    # 16 images / batch 4: 8 iterations, every one logged
+    out = tmp_path / "out"
+    result = {}
+    args = ["--launcher", "submitit-local", "--gpus-per-node", "0", "--timeout-min", "10", "--",
+            "--data", str(image_dir), "--output-dir", str(out), *TINY, "epochs=2"]
+    thread = threading.Thread(target=lambda: result.setdefault("rc", submit.main(args)))
+    thread.start()
+    deadline = time.time() + 180
+    while len(_iterations(out)) < 2 and thread.is_alive() and time.time() < deadline:
+        time.sleep(0.02)
+    child = _pretrain_child(out)
+    assert child is not None and len(_iterations(out)) < 8, "the run ended before it could be preempted"
+    # Slurm's time-limit or preemption signal to the submitit task (Slurm signals the trainer too: ignored)
+    os.kill(child[0], signal.SIGUSR2)
+    os.kill(child[1], signal.SIGUSR2)
+    thread.join(timeout=240)
+    assert not thread.is_alive() and result["rc"] == 0
+    job_log = "".join(p.read_text() for p in (out / "submitit").glob("*_log.*"))
+    assert "stopped at iteration" in job_log and "Requeued job" in job_log and "resuming from" in job_log
+    assert _iterations(out) == list(range(1, 9))  # each iteration exactly once: resumed where it stopped
+    reference = tmp_path / "reference"
+    r = run_pretrain(image_dir, reference, "epochs=2")  # TINY too
+    assert r.returncode == 0, r.stderr
+    losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    ref = [json.loads(line)["loss"] for line in (reference / "log.jsonl").read_text().splitlines()]
+    assert losses == ref  # bit-identical on CPU with a fixed seed, as an uninterrupted run
