@@ -14,13 +14,13 @@ Each cell runs
     python -m transfer.train_net --config-file CFG \
         OUTPUT_DIR RUNS/<name>/<stem>/seed<k> MODEL.WEIGHTS PATH SEED <k> [extra]
 A cell whose results.json exists is skipped, so an interrupted matrix resumes where it stopped; a cell cut off
-mid-training (OUTPUT_DIR/last_checkpoint exists) restarts with --resume. --launcher local (the default) runs the
-cells one after another here; --launcher slurm submits one Slurm job per cell through submitit and returns (a cell
-whose job is queued or running is not submitted twice; a preempted or timed-out job is requeued and resumes);
---launcher submitit-local runs the same jobs through submitit's LocalExecutor here (tools/launch/).
+mid-training (OUTPUT_DIR/last_checkpoint exists) restarts with --resume. --launcher local (the default) runs
+the cells one after another here; --launcher slurm submits one Slurm job per cell through submitit and returns
+(a cell whose job is queued or running is not submitted twice; a preempted or timed-out job is requeued and
+resumes); --launcher submitit-local runs the same jobs through submitit's LocalExecutor here (tools/launch/).
 The `random` row trains from scratch with each protocol's `_random` config and MODEL.WEIGHTS "" (an `_instant`
-config without a `_random` twin is itself random-init unless given weights, so it serves as its own twin). A failed cell does not stop the
-others; the exit status is 1 if any failed.
+config without a `_random` twin is itself random-init unless given weights, so it serves as its own twin). A
+failed cell does not stop the others; the exit status is 1 if any failed.
 """
 from __future__ import annotations
 

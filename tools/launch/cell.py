@@ -20,8 +20,8 @@ class Cell:
     def command(self, trainer: list[str], flags: list[str], extra: list[str]) -> list[str]:
         """trainer --config-file CFG [flags] [--resume] OUTPUT_DIR OUT MODEL.WEIGHTS W SEED k [extra].
 
-        --resume is decided now, not when the matrix was planned: a requeued job resumes from the checkpoint its
-        previous run left."""
+        --resume is decided now, not when the matrix was planned: a requeued job resumes from the checkpoint
+        its previous run left."""
         cmd = [*trainer, "--config-file", str(self.config), *flags]
         if (self.out / "last_checkpoint").exists():  # detectron2 resumes from OUTPUT_DIR's last checkpoint
             cmd.append("--resume")
