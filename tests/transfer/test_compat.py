@@ -82,14 +82,17 @@ def test_faster_coco_eval_equals_pycocotools(iou_type):
     np.testing.assert_allclose(fast[: len(ref)], ref, atol=1e-12)
 
 
-def test_detectron2_evaluator_uses_the_fast_stand_in():
-    from detectron2.evaluation import coco_evaluation
+def test_detectron2_evaluator_uses_a_fast_cocoeval():
+    """use_fast_impl=True: detectron2's own C++ COCOeval where the compiled ops exist (compared with
+    pycocotools in test_evaluators.py), else faster-coco-eval through compat (compared above)."""
+    import faster_coco_eval
+    from detectron2.evaluation import coco_evaluation, fast_eval_api
 
     if compat.has_compiled_ops():
-        pytest.skip("compiled COCOeval_opt in use")
-    import faster_coco_eval
-
-    assert issubclass(coco_evaluation.COCOeval_opt, faster_coco_eval.COCOeval_faster)
+        assert coco_evaluation.COCOeval_opt is fast_eval_api.COCOeval_opt
+        assert not issubclass(coco_evaluation.COCOeval_opt, faster_coco_eval.COCOeval_faster)
+    else:
+        assert issubclass(coco_evaluation.COCOeval_opt, faster_coco_eval.COCOeval_faster)
 
 
 def test_cityscapes_evaluator_scores_a_class_whose_predictions_are_all_ignored_as_ap_0(monkeypatch):

@@ -120,3 +120,69 @@ def test_cityscapes_oracle_scores_100(detection_data, tmp_path, monkeypatch):
     results = evaluate(get_cfg(), "oracle_cityscapes", inputs, outputs, tmp_path)
     assert results["segm"]["AP"] == pytest.approx(100) and results["segm"]["AP50"] == pytest.approx(100)
     assert os.listdir(tmp_path) == []  # nothing left in the working directory (no matches.json)
+
+
+# ---------------------------------------------------------------- detectron2's compiled COCOeval
+def noisy(d: dict, rng: np.random.Generator) -> Instances:
+    """The oracle of one image made imperfect: jittered boxes and keypoints, masks shifted by a few pixels,
+    every third object missed, random scores and one false positive."""
+    inst = coco_oracle(d)
+    keep = torch.tensor([i % 3 != 2 for i in range(len(inst))])
+    inst = inst[keep]
+    n = len(inst)
+    boxes = inst.pred_boxes.tensor + torch.from_numpy(rng.normal(0, 3, size=(n, 4)))
+    fp = torch.tensor([[5.0, 5.0, 40.0, 30.0]], dtype=boxes.dtype)
+    out = Instances(inst.image_size)
+    out.pred_boxes = Boxes(torch.cat([boxes, fp]))
+    out.scores = torch.from_numpy(rng.uniform(0.05, 1, size=n + 1)).float()
+    out.pred_classes = torch.cat([inst.pred_classes, inst.pred_classes[:1]])
+    shift = (int(rng.integers(-3, 4)), int(rng.integers(-3, 4)))
+    masks = torch.roll(inst.pred_masks, shifts=shift, dims=(1, 2))
+    fp_mask = torch.zeros((1, *masks.shape[1:]), dtype=masks.dtype)
+    fp_mask[:, 5:30, 5:40] = 1
+    out.pred_masks = torch.cat([masks, fp_mask])
+    if inst.has("pred_keypoints"):
+        kps = inst.pred_keypoints.clone()
+        kps[:, :, :2] += torch.from_numpy(rng.normal(0, 2, size=(n, 17, 2))).float()
+        out.pred_keypoints = torch.cat([kps, kps[:1]])
+    return out
+
+
+def coco_results(name: str, dicts: list[dict], outputs: list[dict], tasks, fast: bool, out_dir) -> dict:
+    from detectron2.evaluation import COCOEvaluator
+
+    evaluator = COCOEvaluator(name, tasks=tasks, distributed=False, output_dir=str(out_dir),
+                              use_fast_impl=fast)
+    evaluator.reset()
+    evaluator.process([{"image_id": d["image_id"], "file_name": d["file_name"]} for d in dicts], outputs)
+    return evaluator.evaluate()
+
+
+@pytest.mark.skipif(not compat.has_compiled_ops(),
+                    reason="needs detectron2's compiled ops (make test-compiled)")
+@pytest.mark.parametrize("data", ["instances", "keypoints"])
+@pytest.mark.parametrize("predictions", ["oracle", "noisy"])
+def test_compiled_cocoeval_equals_pycocotools(detection_data, tmp_path, data, predictions):
+    """With compiled ops, COCOEvaluator(use_fast_impl=True) runs detectron2's own C++ COCOeval (not the
+    faster-coco-eval stand-in of tier 3), and every metric equals pycocotools' (use_fast_impl=False)."""
+    from detectron2.evaluation import coco_evaluation, fast_eval_api
+
+    assert coco_evaluation.COCOeval_opt is fast_eval_api.COCOeval_opt  # compat kept detectron2's own
+    c = detection_data["coco"]
+    name = f"compiled_eval_{data}"
+    if name not in DatasetCatalog.list():
+        datasets.register_coco_json(name, c[data], c["image_dir"])
+    dicts = DatasetCatalog.get(name)
+    rng = np.random.default_rng(0)
+    outputs = [{"instances": coco_oracle(d) if predictions == "oracle" else noisy(d, rng)} for d in dicts]
+    tasks = ("bbox", "segm") if data == "instances" else ("bbox", "keypoints")
+    fast = coco_results(name, dicts, outputs, tasks, True, tmp_path / "fast")
+    ref = coco_results(name, dicts, outputs, tasks, False, tmp_path / "ref")
+    assert set(fast) == set(ref) == set(tasks)
+    for task in tasks:
+        assert ref[task]["AP"] > (99 if predictions == "oracle" else 10)  # a real score, not 0 == 0
+        if predictions == "noisy":
+            assert ref[task]["AP"] < 95
+        assert set(fast[task]) == set(ref[task])
+        for metric, value in ref[task].items():
+            assert fast[task][metric] == pytest.approx(value, abs=1e-9, nan_ok=True), (task, metric)
