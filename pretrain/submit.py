@@ -303,18 +303,21 @@ def _status(slurm: bool, job) -> JobStatus:
 # ---------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if "--" not in argv:
-        print("error: give the pretraining arguments after --, e.g. -- --config C --data D --output-dir O",
-              file=sys.stderr)
-        return 2
-    pretrain_args = argv[argv.index("--") + 1:]
+    sep = argv.index("--") if "--" in argv else len(argv)
+    pretrain_args = argv[sep + 1:]
     ap = argparse.ArgumentParser(prog="python -m pretrain.submit", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--launcher", choices=LAUNCHERS, default="slurm",
                     help="slurm (default), or submitit-local: the same job through submitit's LocalExecutor")
     ap.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
     add_resource_arguments(ap, "CPUs per task, i.e. per GPU, for the data-loader workers (default: 10)")
-    args = ap.parse_args(argv[: argv.index("--")])
+    args, unknown = ap.parse_known_args(argv[:sep])  # before the check below, so that --help works
+    if unknown and sep < len(argv):
+        ap.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if sep == len(argv):
+        print("error: give the pretraining arguments after --, e.g. -- --config C --data D --output-dir O",
+              file=sys.stderr)
+        return 2
     out = argparse.ArgumentParser(add_help=False)
     out.add_argument("--output-dir")
     known, _ = out.parse_known_args(pretrain_args)
