@@ -50,7 +50,7 @@ VIEWS = {"fastsiam": 4, "simsiam": 2, "supervised": 2}
 # CIFAR-10 train; epochs: FastSiam's (the 2-view rows run twice as many); budgets: fractions of it kept as
 # Fig. 4 points; det_*: detectron2 schedule (batch, iterations, lr, warmup); scenes and kNN set sizes.
 PRESETS = {
-    "full": dict(images=20000, epochs=4, budgets=(0.25, 0.5, 1.0), seeds=(0, 1, 2), image_size=64,
+    "full": dict(images=10000, epochs=8, budgets=(0.25, 0.5, 1.0), seeds=(0, 1, 2), image_size=64,
                  scenes=dict(train=1000, val=250, canvas=128, min_size=32, max_size=64, max_objects=4),
                  det=dict(batch=4, iters=600, lr=0.02, warmup=100, precise_bn=20),
                  knn_bank=10000, knn_test=5000, extra=[]),
@@ -117,6 +117,7 @@ def plan(args, p: dict, out: Path) -> list[Job]:
     jobs.append(Job("knn", lambda: all((d["knn"] / f"{b.stem}.json").exists() for b in backbones),
                     cmd=[PY, "-m", "tools.study.knn_eval", "--bank", str(d["data"] / "knn_bank"), "--test",
                          str(d["data"] / "knn_test"), "--size", str(p["image_size"]), "--out-dir", str(d["knn"]),
+                         "--device", args.device,
                          *map(str, backbones)], deps=[f"export {r}" for r in rows], stage="knn"))
     order = ["random", "supervised", "fastsiam", "simsiam"]  # the instrument's rows first
     rank = {j.name: i for i, j in enumerate(jobs)}

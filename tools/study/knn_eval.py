@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, required=True, help="image size (pretraining's image_size)")
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--arch", default="resnet18")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--k", type=int, default=200)
     p.add_argument("--t", type=float, default=0.1)
     args = p.parse_args(argv)
@@ -58,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for path in todo:
         net = load_backbone(path, args.arch)
-        bank = knn.extract_features(net, bank_images, "cpu")
-        test = knn.extract_features(net, test_images, "cpu")
-        pred = knn.knn_predict(test, bank, bank_labels, len(classes), args.k, args.t)
-        acc = (pred == test_labels).float().mean().item()
+        bank = knn.extract_features(net, bank_images, args.device)
+        test = knn.extract_features(net, test_images, args.device)
+        pred = knn.knn_predict(test, bank, bank_labels.to(args.device), len(classes), args.k, args.t)
+        acc = (pred.cpu() == test_labels).float().mean().item()
         result = {"knn_top1": acc, "bank": len(bank_paths), "test": len(test_paths), "k": args.k, "t": args.t,
                   "image_size": args.size, "backbone": str(path)}
         tmp = args.out_dir / f".{path.stem}.json.tmp"
