@@ -20,7 +20,8 @@ on every detectron2 version:
   file has none at all (affine-only BN, as MSRA's Caffe2 ImageNet weights ``R-50.pkl``, whose folded BN is
   its scale and bias); in a Caffe2 file, the ImageNet classifier ``fc1000_*`` and the stem conv's bias
   ``conv1_b``, for which detectron2's ResNet has no place (its own loader drops them too, so the MSRA baseline
-  rows of MoCo/PyContrast/DetCo ran without them). New layers (FPN, RPN, ROI
+  rows of MoCo/PyContrast/DetCo ran without them); ``num_batches_tracked`` in the file where the model has
+  none (FrozenBN): a counter, no weight. New layers (FPN, RPN, ROI
   heads, C4's extra res5 norm) are expected to be uninitialised.
 - load: ``model.load_state_dict(matched, strict=False)`` with only tensors of the model's shapes.
 """
@@ -151,11 +152,12 @@ def problems(model_shapes: dict, ckpt: dict, matched: dict) -> dict:
     exempt = ("num_batches_tracked",) + (() if has_bn_stats else ("running_mean", "running_var"))
     required = [k for k in backbone_keys(model_shapes) if not k.endswith(exempt)]
     caffe2 = ckpt["__author__"] == "Caffe2"
-    ignored = [k for k in matched["unused"] if caffe2 and _CAFFE2_IGNORED_RE.match(k)]
+    ignored = [k for k in matched["unused"]
+               if (caffe2 and _CAFFE2_IGNORED_RE.match(k)) or k.endswith("num_batches_tracked")]
     return {"backbone_tensors": len(required),
             "backbone_not_initialised": [k for k in required if k not in matched["state"]],  # model order
             "unused": [k for k in matched["unused"] if k not in ignored] + ckpt["non_tensors"],
-            "ignored_caffe2": ignored,
+            "ignored": ignored,
             "incorrect_shapes": matched["incorrect_shapes"],
             "bn_statistics_in_file": has_bn_stats}
 
@@ -253,7 +255,7 @@ def load(model: torch.nn.Module, path: str, output_dir: str | None, allow_partia
               "backbone_tensors": found["backbone_tensors"],
               "backbone_not_initialised": found["backbone_not_initialised"],
               "bn_statistics_in_file": found["bn_statistics_in_file"],
-              "unused_checkpoint_keys": found["unused"], "ignored_caffe2": found["ignored_caffe2"],
+              "unused_checkpoint_keys": found["unused"], "ignored_checkpoint_keys": found["ignored"],
               "not_initialised": not_initialised, "incorrect_shapes": found["incorrect_shapes"]}
     if write_report is not None and output_dir:
         os.makedirs(output_dir, exist_ok=True)

@@ -156,6 +156,15 @@ def test_converted_weights_fit_fpn_and_c4(files):
             path, weights_only=True)["model"])
 
 
+def test_frozen_bn_model_ignores_the_files_bn_counters(files):
+    """FrozenBN (detectron2's default norm) has no num_batches_tracked: the file's counters are no weights."""
+    cfg = cfg_of(FPN18)
+    cfg.MODEL.RESNETS.NORM = "FrozenBN"
+    _, _, found = weights.check(model_shapes(cfg), files["r18"])
+    assert found["unused"] == [] and len(found["ignored"]) == 20  # one per BatchNorm of ResNet-18
+    assert found["backbone_not_initialised"] == []
+
+
 def test_partial_loading_is_allowed_by_the_flag_and_recorded(files, tmp_path):
     model = build_model(cfg_of(FPN18))
     report = weights.load(model, files["wrong_shape"], str(tmp_path), allow_partial=True,
@@ -176,7 +185,7 @@ def test_caffe2_imagenet_pkl_covers_the_backbone(files):
     for cfg_path in (FPN50, C4_50):
         _, matched, found = weights.check(model_shapes(cfg_of(cfg_path)), files["caffe2"])
         assert found["backbone_not_initialised"] == [] and found["unused"] == []
-        assert found["ignored_caffe2"] == ["conv1_b", "fc1000_b", "fc1000_w"]
+        assert found["ignored"] == ["conv1_b", "fc1000_b", "fc1000_w"]
         assert not found["bn_statistics_in_file"]
     model = build_model(cfg_of(C4_50))
     report = weights.load(model, files["caffe2"], None)
