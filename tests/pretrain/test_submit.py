@@ -91,8 +91,10 @@ def _pretrain_child(out: Path) -> tuple[int, int] | None:
 
 
 def _iterations(out: Path) -> list[int]:
+    """Iterations logged so far; a line still being appended (no newline yet) is not counted."""
     log = out / "log.jsonl"
-    return [json.loads(line)["iteration"] for line in log.read_text().splitlines()] if log.exists() else []
+    lines = log.read_text().split("\n")[:-1] if log.exists() else []
+    return [json.loads(line)["iteration"] for line in lines]
 
 
 @pytest.mark.slow  # two tiny runs and submitit's processes: ~15 s on 2 idle cores
