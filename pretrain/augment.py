@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 
 import PIL.Image
 import torch
@@ -39,6 +40,7 @@ P_JITTER, P_GRAY, P_BLUR, P_FLIP = 0.8, 0.2, 0.5, 0.5
 SIGMA = (0.1, 2.0)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (PIL's "L" uses 0.299/0.587/0.114)
 MAX_BLUR_RADIUS = 6  # PIL's support for sigma <= 2, see _pil_blur_radius
+FUSED_MIN_PIXELS = 64 * 64  # DeviceAugment(fused=None) compiles its stage for views of this size and up
 
 
 # ------------------------------------------------------------------------------------------ CPU stage
@@ -156,6 +158,125 @@ def _blur(x: Tensor, sigma: Tensor, radius: int = MAX_BLUR_RADIUS, conv: bool | 
     return out
 
 
+def _hue_planes(r: Tensor, g: Tensor, b: Tensor, shift: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """`_hue` on separate R, G, B planes (B x H x W each; shift B x 1 x 1), written so that a compiler
+    computes max, min and the hue once per pixel for all three outputs (one loop, three stores)."""
+    maxc = torch.maximum(torch.maximum(r, g), b)
+    chroma = maxc - torch.minimum(torch.minimum(r, g), b)
+    inv = 1.0 / chroma.clamp(min=1e-12)
+    # torchvision's sector precedence r, g, b; chroma = 0 gives h6 = the sector offset and output = max
+    h6 = torch.where(maxc == r, (g - b) * inv + 6.0, torch.where(maxc == g, (b - r) * inv + 2.0,
+                                                                  (r - g) * inv + 4.0))
+    h6 = h6 + 6.0 * shift  # [-2, 10] for |shift| <= 0.5
+    out = []
+    for centre in (3.0, 5.0, 1.0):  # R, G, B
+        d = (h6 - centre).abs()
+        d = torch.minimum(d, (6.0 - d).abs())  # circular distance on [0, 6)
+        out.append(maxc - chroma * (2.0 - d).clamp(0.0, 1.0))
+    return out[0], out[1], out[2]
+
+
+def _colour(x: Tensor, coef: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
+    """Jitter (4 positions), grayscale and normalisation of uint8 x (B x 3 x H x W) as one function of
+    per-sample coefficients, without a branch on the data, so that torch.compile fuses it into a few loops.
+
+    coef: B x 21 float, for positions j = 0..3: f_j (blend factor), s_j (weight of the grey image), c_j
+    (weight of its mean), h_j (1: hue op), u_j (hue shift); then g (1: grayscale). Each position computes
+    torchvision's _blend, clamp(f x + (1 - f) d, 0, 255) with d the grey image (saturation), its mean
+    (contrast) or 0 (brightness), as clamp(f x + s gray + c mean) (f = 1, s = c = 0: no op), then
+    where(h, hue(y), y): the hue is computed for every sample and kept where drawn, which costs arithmetic but no pass over memory.
+    The channels are separate planes so that per-pixel work (grey level, hue) is done once for all three.
+    Then y * scale + bias per channel (scale, bias: 3 values each). The blur follows (`_blur_pass`).
+    """
+    r, g, b = x.float().unbind(1)  # B x H x W each, 0..255
+    c = coef.view(-1, 21, 1, 1)
+    wr, wg, wb = GRAY_WEIGHTS
+    for j in range(4):
+        gray = r * wr + g * wg + b * wb
+        d = gray * c[:, 4 + j] + gray.mean((1, 2), keepdim=True) * c[:, 8 + j]
+        r, g, b = ((ch * c[:, j] + d).clamp(0.0, 255.0) for ch in (r, g, b))
+        hr, hg, hb = _hue_planes(r, g, b, c[:, 16 + j])
+        on = c[:, 12 + j] > 0
+        r, g, b = torch.where(on, hr, r), torch.where(on, hg, g), torch.where(on, hb, b)
+    gray = r * wr + g * wg + b * wb
+    on = c[:, 20] > 0
+    planes = [torch.where(on, gray, ch) * s + o for ch, s, o in zip((r, g, b), scale, bias, strict=True)]
+    return torch.stack(planes, 1)  # B x 3 x H x W
+
+
+def _blur_pass(y: Tensor, kernel: Tensor, dim: int) -> Tensor:
+    """One direction of the per-sample blur (dim 3: horizontal, 2: vertical) on B x 3 x H x W whose `dim` was
+    padded by MAX_BLUR_RADIUS with edge replication: a sum of 2r+1 shifted slices. Compiled on its own, so
+    that the compiler reads a materialised input (inlined into one kernel, the colour work would be recomputed
+    for each tap); the padding is done before (eager F.pad: inside the compiled code its clamped indices cost
+    the vectorisation), and slices, not a transpose, keep the innermost loop contiguous."""
+    rad = MAX_BLUR_RADIUS
+    n = y.shape[dim] - 2 * rad
+    k = kernel.view(-1, 1, 1, 1, 2 * rad + 1)  # B x 1 x 1 x 1 x K
+    return sum(y.narrow(dim, i, n) * k[..., i] for i in range(2 * rad + 1))
+
+
+def _coefficients(p: dict[str, Tensor]) -> Tensor:
+    """The per-sample coefficients of `_colour` (B x 21) from DeviceAugment.draw's parameters."""
+    n = p["jitter"].shape[0]
+    coef = torch.zeros(n, 21)
+    coef[:, :4] = 1.0
+    rows = torch.arange(n)
+    for j in range(4):
+        op = torch.where(p["jitter"], p["order"][:, j], -1)  # B, -1 = no jitter
+        blend = (op >= 0) & (op <= 2)
+        f = torch.where(blend, p["factors"][rows, op.clamp(0, 2)], 1.0)
+        coef[:, j] = f
+        coef[:, 4 + j] = (1 - f) * (op == 2)
+        coef[:, 8 + j] = (1 - f) * (op == 1)
+        coef[:, 12 + j] = (op == 3).float()
+        coef[:, 16 + j] = p["hue"]
+    coef[:, 20] = p["gray"].float()
+    return coef
+
+
+def _blur_taps(p: dict[str, Tensor]) -> Tensor:
+    """Per-sample blur taps for `_colour` (B x 2 MAX_BLUR_RADIUS + 1): `_blur`'s kernel within the PIL radius
+    of each sigma, zero beyond it; the unit tap where no blur is drawn."""
+    taps = torch.arange(-MAX_BLUR_RADIUS, MAX_BLUR_RADIUS + 1, dtype=torch.float32)
+    k = torch.exp(-0.5 * (taps / p["sigma"].view(-1, 1)) ** 2)
+    k = k * (taps.abs() <= _pil_blur_radius(p["sigma"]).view(-1, 1))
+    k = k / k.sum(1, keepdim=True)
+    return torch.where(p["blur"].view(-1, 1), k, (taps == 0).float())
+
+
+_compiled_colour = None  # (compiled _colour, compiled _blur_pass) once built; False once compiling failed
+
+
+def _fused_colour():
+    """torch.compile(_colour) (Inductor: C++/OpenMP loops on the CPU, Triton on CUDA), or None when compiling
+    fails (no C compiler, unsupported platform): the caller then takes the eager path. The first call per
+    input shape compiles (tens of seconds on a busy CPU); Inductor's on-disk cache (TORCHINDUCTOR_CACHE_DIR,
+    default /tmp/torchinductor_$USER) makes later processes reuse the kernels (docs/benchmarks.md)."""
+    global _compiled_colour
+    if _compiled_colour is None:
+        # dynamic=None: static kernels for the first shape (a training run has one), symbolic after a second
+        _compiled_colour = torch.compile(_colour), torch.compile(_blur_pass)
+    return _compiled_colour or None
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc keep large freed blocks in the process (no mmap per block, no trimming) so that a
+    fresh batch of views reuses pages already mapped: by default every block over 32 MiB is a new mmap whose
+    pages fault on first touch, ~0.8 ms per 224 px float view on the busy dev VM (half of the compiled device
+    stage). Process-wide, the malloc tuning Intel's PyTorch CPU guide gets from jemalloc/tcmalloc; the cost is
+    that peak memory stays reserved. Returns False where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def _to(t: Tensor, device: torch.device) -> Tensor:
     """A small CPU tensor to `device` without stalling a CUDA stream: pinned staging, asynchronous copy."""
     if device.type == "cuda":
@@ -172,12 +293,20 @@ class DeviceAugment:
     p=0.5. The flip is done first: every later op is pointwise, global or a symmetric filter with symmetric
     edge handling, so it commutes. On the CPU the batch is processed `cpu_chunk` views at a time so that the
     working set stays in cache (about 1.5x faster at 224 px than 128 views at once on the 2-core dev machine).
+    Two implementations of the same ops: the torch.compile'd `_colour` + `_blur_pass` (a few fused loops over
+    memory; ~2x the eager ops' views/s on the dev CPUs, docs/benchmarks.md) and the eager ops (`_augment_`,
+    dozens of passes); both are tested against torchvision.
     """
 
-    def __init__(self, blur: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD, cpu_chunk: int = 4):
+    def __init__(self, blur: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD, cpu_chunk: int = 4,
+                 fused: bool | None = None):
         self.blur = blur
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(v) for v in std)
         self.cpu_chunk = cpu_chunk
+        # True: the torch.compile'd stage (`_colour`, `_blur_pass`); False: the eager ops (`_augment_`); None:
+        # compiled from FUSED_MIN_PIXELS up. Below (32 px CIFAR views, tests) the stage is a sliver of a step
+        # and the first compile (30-110 s on the busy dev CPU, docs/benchmarks.md) would not pay for itself.
+        self.fused = fused
 
     def draw(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:
         """Per-sample parameters for n views, drawn on the CPU: a dict of CPU tensors with n rows each."""
@@ -199,12 +328,52 @@ class DeviceAugment:
         """x: uint8 B x 3 x S x S. Returns float32 B x 3 x S x S, normalised, or on the 0..255 scale."""
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"DeviceAugment expects uint8 B x 3 x H x W, got {x.dtype} {tuple(x.shape)}")
+        fused = self.fused if self.fused is not None else x.shape[2] * x.shape[3] >= FUSED_MIN_PIXELS
+        if fused and _fused_colour() is not None:
+            try:
+                return self._apply_fused(x, params, normalize)
+            except Exception as e:  # noqa: BLE001 - any compiler failure: warn once, run the eager ops
+                global _compiled_colour
+                _compiled_colour = False
+                first = str(e).splitlines()[0] if str(e) else ""
+                warnings.warn(f"torch.compile of the colour stage failed ({type(e).__name__}: {first}); "
+                              "using the eager ops", stacklevel=2)
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)  # B x 3 x S x S
         step = self.cpu_chunk if x.device.type == "cpu" else x.shape[0]
         for i in range(0, x.shape[0], step):
             sl = slice(i, i + step)
             self._augment_(out[sl], x[sl], {k: v[sl].cpu() for k, v in params.items()}, normalize)
         return out
+
+    def _apply_fused(self, x: Tensor, params: dict[str, Tensor], normalize: bool) -> Tensor:
+        """Flip the uint8 input, then per chunk the compiled stage: jitter, grayscale, normalise, blur."""
+        dev, p = x.device, {k: v.cpu() for k, v in params.items()}
+        idx = p["flip"].nonzero().squeeze(1)
+        if idx.numel():  # on uint8: a quarter of the bytes of a float flip
+            idx = _to(idx, dev)
+            x = x.index_copy(0, idx, x.index_select(0, idx).flip(-1))
+        if normalize:  # (y / 255 - mean) / std
+            scale = [1 / (255 * s) for s in self.std]
+            bias = [-m / s for m, s in zip(self.mean, self.std, strict=True)]
+        else:
+            scale, bias = [1.0] * 3, [0.0] * 3
+        affine = torch.tensor([scale + bias]).expand(x.shape[0], 6)  # tensors, so one graph serves both
+        packed = torch.cat([_coefficients(p), _blur_taps(p), affine], 1)  # one host-to-device copy
+        coef, kernel, affine = _to(packed, dev).split([21, 13, 6], 1)
+        scale, bias = affine[0, :3], affine[0, 3:]
+        colour, blur = _fused_colour()
+        step = self.cpu_chunk if dev.type == "cpu" else x.shape[0]
+        out = []
+        for i in range(0, x.shape[0], step):
+            y = colour(x[i : i + step], coef[i : i + step], scale, bias)  # chunk x 3 x S x S float32
+            # every sample is blurred with its own taps: a unit tap (exact identity) where no blur is drawn,
+            # zeros beyond the PIL radius (`_blur_taps`). Linear with taps summing to 1, so blurring after the
+            # normalisation equals blurring before it, up to float rounding.
+            k = kernel[i : i + step]
+            r = MAX_BLUR_RADIUS
+            y = blur(F.pad(y, (r, r, 0, 0), mode="replicate"), k, 3)
+            out.append(blur(F.pad(y, (0, 0, r, r), mode="replicate"), k, 2))
+        return out[0] if len(out) == 1 else torch.cat(out)
 
     def _augment_(self, y: Tensor, x: Tensor, p: dict[str, Tensor], normalize: bool) -> None:
         """Fill y (float32, B x 3 x S x S) with the augmented x (uint8). The parameters `p` stay on the CPU:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pretrain.augment import DeviceAugment, cpu_views, reference_views  # noqa: E402
+from pretrain.augment import DeviceAugment, cpu_views, keep_freed_memory, reference_views  # noqa: E402
 
 EXTENSIONS = (".jpg", ".jpeg", ".JPG", ".JPEG")
 
@@ -108,9 +108,16 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=32, help="images per device-stage batch (N; N*V views)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--fused", choices=("auto", "on", "off"), default="auto",
+                    help="device stage: torch.compile'd (on), eager ops (off), or DeviceAugment's default")
+    ap.add_argument("--no-malloc-tuning", dest="malloc", action="store_false",
+                    help="leave glibc malloc's defaults (see pretrain.augment.keep_freed_memory)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
+    # as the engine does on the CPU (pretrain/engine.py): freed large blocks stay mapped. Process-wide, so the
+    # PIL recipe runs under the same allocator setting as the batched stages.
+    kept = keep_freed_memory() if args.malloc else False
 
     if args.image_dir:
         if not os.path.isdir(args.image_dir):
@@ -135,7 +142,7 @@ def main(argv=None) -> int:
           f"{sum(map(len, blobs)) / n_img / 1e3:.0f} kB; torch {torch.__version__}, 1 thread; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
 
-    aug = DeviceAugment()
+    aug = DeviceAugment(fused={"auto": None, "on": True, "off": False}[args.fused])
     g = torch.Generator().manual_seed(0)
     kornia = None
     try:
@@ -176,8 +183,13 @@ def main(argv=None) -> int:
     if kornia is not None:
         stages["f"] = kornia_stage
     cpu_stage()  # warm-up: crops for (c) and (f), first-call overheads
-    for fn in stages.values():
+    for k, fn in stages.items():
+        t = time.perf_counter()
         fn()
+        if k == "c":  # includes torch.compile's first compile of the fused stage (or its on-disk cache hit)
+            first_call = time.perf_counter() - t
+    print(f"device stage first call (compile or cache load included): {first_call:.1f} s; fused: "
+          f"{args.fused}; glibc malloc keeps freed memory: {kept}", flush=True)
     times: dict[str, list[tuple[float, float]]] = {k: [] for k in stages}
     for _ in range(args.rounds):
         for k, fn in stages.items():
@@ -197,7 +209,8 @@ def main(argv=None) -> int:
         print(f"({k}) {names[k]:<42}{rate[k]:>18.0f}{wall[k]:>14.0f}{rate[k] / rate['a']:>8.2f}x")
     print(f"load average at the end {os.getloadavg()[0]:.1f} (other processes share the CPU when it exceeds "
           f"{os.cpu_count()}: per-core figures are then pessimistic, ratios still compare like with like)")
-    result = {"load_average_end": os.getloadavg()[0], "views_per_cpu_s": rate, "views_per_wall_s": wall,
+    result = {"load_average_end": os.getloadavg()[0], "first_call_s": first_call, "fused": args.fused,
+              "malloc_tuning": kept, "views_per_cpu_s": rate, "views_per_wall_s": wall,
               "images": n_img, "views": v, "size": s,
               "batch_views": args.batch * v, "rounds": args.rounds, "source": source}
 

@@ -12,6 +12,7 @@ import torchvision.transforms.v2 as T2
 import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageFilter
 
+from pretrain import augment
 from pretrain.augment import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -104,10 +105,13 @@ def test_cpu_views_rejects_bad_input():
 
 
 # ---------------------------------------------------------------------------------------------- device stage
-def test_device_stage_matches_torchvision_functional_per_sample():
+# fused: the torch.compile'd stage (`_colour`, `_blur_pass`); the tests below use one shape (4 x 3 x 40 x 40
+# chunks), so it compiles once per test session (less with Inductor's on-disk cache)
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+def test_device_stage_matches_torchvision_functional_per_sample(fused):
     n = 96
     x = photo(n, 40, 40, seed=1)
-    aug = DeviceAugment()
+    aug = DeviceAugment(fused=fused)
     p = aug.draw(n, gen(0))
     # the batch covers every branch: jitter on/off, each op at each position, gray, blur with both radii, flip
     jit = p["jitter"]
@@ -122,9 +126,10 @@ def test_device_stage_matches_torchvision_functional_per_sample():
     assert (out - expected).abs().mean() < 0.01  # float vs float: differences are rounding, not semantics
 
 
-def test_device_stage_extreme_parameters():
-    x = photo(4, 24, 24, seed=2)
-    aug = DeviceAugment()
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+def test_device_stage_extreme_parameters(fused):
+    x = photo(4, 40, 40, seed=2)
+    aug = DeviceAugment(fused=fused)
     p = aug.draw(4, gen(0))
     p["jitter"][:] = True
     p["factors"] = torch.tensor([[0.6, 1.4, 0.6], [1.4, 0.6, 1.4], [1.4, 1.4, 1.4], [0.6, 0.6, 0.6]])
@@ -134,6 +139,45 @@ def test_device_stage_extreme_parameters():
     out = aug.apply(x, p, normalize=False)
     expected = torch.stack([tv_reference(x, p, b) for b in range(4)])
     assert (out - expected).abs().max() <= 1.0
+
+
+def test_compiled_stage_equals_eager_normalised():
+    x = photo(8, 40, 40, seed=6)
+    p = DeviceAugment().draw(8, gen(5))
+    a = DeviceAugment(fused=True).apply(x, p)
+    b = DeviceAugment(fused=False).apply(x, p)
+    assert (a - b).abs().max() * 255 * max(IMAGENET_STD) < 1e-2  # grey levels: float rounding only
+
+
+def test_fused_default_by_view_size_and_fallback(monkeypatch):
+    calls = []
+
+    def colour(*args):
+        calls.append(args[0].shape)
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(augment, "_compiled_colour", (colour, colour))
+    aug = DeviceAugment()  # fused=None: compiled from FUSED_MIN_PIXELS up
+    small = photo(4, 32, 32)
+    eager = DeviceAugment(fused=False).apply(small, aug.draw(4, gen(0)))
+    assert torch.equal(aug.apply(small, aug.draw(4, gen(0))), eager) and calls == []  # 32 px: eager
+    big = photo(4, 64, 64)
+    p = aug.draw(4, gen(1))
+    with pytest.warns(UserWarning, match="torch.compile of the colour stage failed .*no compiler here"):
+        out = aug.apply(big, p)
+    assert calls == [(4, 3, 64, 64)]  # it tried the compiled stage at 64 px
+    assert torch.equal(out, DeviceAugment(fused=False).apply(big, p))  # ...and fell back to the eager ops
+    assert augment._compiled_colour is False  # not retried
+    aug.apply(big, p)
+    assert len(calls) == 1
+
+
+def test_keep_freed_memory_on_glibc():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert augment.keep_freed_memory() is True
 
 
 def test_identity_and_flip():
