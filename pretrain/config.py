@@ -61,7 +61,7 @@ class Config:
     seed: int = 0
     workers: int = 8  # DataLoader processes per GPU
     device: str = "auto"
-    # auto: CUDA bf16 where supported, else fp16 + GradScaler; CPU bf16 where it has AMX/AVX512-BF16, else fp32.
+    # auto: CUDA bf16 where supported, else fp16 + GradScaler; CPU bf16 with AMX/AVX512-BF16, else fp32.
     # off (= fp32), bf16, fp16 (CUDA only) force one. Resolved at start: pretrain/precision.py
     amp: str = "auto"
     channels_last: bool = True  # NHWC on CUDA and in CPU bf16 runs (where it helps); false: never

@@ -1,4 +1,4 @@
-"""Numeric precision of the training step: the `amp` config key resolved once, at start, for the device at hand.
+"""Numeric precision of the training step: the `amp` config key, resolved once at start for the device.
 
     amp: auto (default) | off (= fp32) | bf16 | fp16
 
@@ -6,7 +6,7 @@
   behaviour before this key had values); `bf16` / `fp16` force one.
 - CPU: `auto` is bf16 autocast when the CPU has native bf16 matrix instructions (Intel AMX-BF16 or
   AVX512-BF16, read from the /proc/cpuinfo flags; oneDNN runs the convolutions on them), else fp32: without
-  them oneDNN emulates bf16, which is slower than fp32. `bf16` forces it anyway; `fp16` is refused (CUDA only).
+  them oneDNN emulates bf16, slower than fp32. `bf16` forces it anyway; `fp16` is refused (CUDA only).
 - channels_last (NHWC) goes with it where it helps: on CUDA (cuDNN's tensor-core kernels want NHWC) and in
   CPU bf16 runs (oneDNN's AMX convolutions; measured in docs/benchmarks.md), unless `channels_last: false`.
 
@@ -75,7 +75,8 @@ def resolve(amp: str, device: torch.device, channels_last: bool = True, cpu_flag
             bf16 = torch.cuda.is_bf16_supported()
             why = "auto: the GPU supports bf16" if bf16 else "auto: no bf16 on this GPU, fp16 + GradScaler"
             return Precision("cuda", torch.bfloat16 if bf16 else torch.float16, channels_last, why)
-        return Precision("cuda", torch.bfloat16 if amp == "bf16" else torch.float16, channels_last, f"amp={amp}")
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return Precision("cuda", dtype, channels_last, f"amp={amp}")
     if device.type != "cpu":
         raise ConfigError(f"amp is implemented for cpu and cuda devices, not {device.type}")
     if amp == "fp16":

@@ -111,7 +111,7 @@ def run_name(method: str, amp: str, args) -> str:
 
 
 def plan_runs(args, num_images: int) -> list[dict]:
-    """One dict per (seed, method, amp): the engine command's overrides and the epochs that give equal views."""
+    """One dict per (seed, method, amp): the engine command's overrides and the epochs for equal views."""
     cfgs = {name: load_config(getattr(args, f"{name}_config"), args.set, data=".", output_dir=".")
             for name in ("fastsiam", "simsiam")}
     fast = cfgs["fastsiam"]
@@ -130,15 +130,17 @@ def plan_runs(args, num_images: int) -> list[dict]:
             ratio = 1 if args.equal == "epochs" else views_per_epoch["fastsiam"] / views_per_epoch[method]
             if ratio != int(ratio):
                 raise BenchError(f"{method}: views per epoch {views_per_epoch[method]} do not divide "
-                                 f"FastSiam's {views_per_epoch['fastsiam']}; use one batch size or --equal epochs")
+                                 f"FastSiam's {views_per_epoch['fastsiam']}; use one batch size or "
+                                 "--equal epochs")
             epochs, every = fast_epochs * int(ratio), fast_every * int(ratio)
             for amp in args.amp:
                 name = run_name(method, amp, args)
-                runs.append(dict(name=name, seed=seed, config=getattr(args, f"{method}_config"), epochs=epochs,
-                                 out=args.out / f"seed{seed}" / name, cfg=c,
+                runs.append(dict(name=name, seed=seed, config=getattr(args, f"{method}_config"),
+                                 epochs=epochs, out=args.out / f"seed{seed}" / name, cfg=c,
                                  overrides=[f"epochs={epochs}", f"save_every_epochs={every}", f"seed={seed}",
                                             f"batch_size={c.batch_size}", f"workers={args.workers}",
-                                            f"device={args.device}", "max_images=0", f"amp={amp}", *args.set]))
+                                            f"device={args.device}", "max_images=0", f"amp={amp}",
+                                            *args.set]))
     return runs
 
 

@@ -1,4 +1,4 @@
-"""The `amp` key: resolution per device (CPU capability mocked), config compatibility, a bf16 step in fp32 loss."""
+"""The `amp` key: resolution per device (CPU flags mocked), old config values, bf16 step, fp32 loss."""
 import contextlib
 
 import pytest

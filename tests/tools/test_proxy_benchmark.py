@@ -127,7 +127,8 @@ def test_amp_comparison_plans_one_run_per_precision(tmp_path):
     assert all(f"amp={r['name'].split('_')[1]}" in r["overrides"] for r in runs)
     assert {r["epochs"] for r in runs} == {4}  # equal views: the same schedule at both precisions
     assert runs[1]["out"] == tmp_path / "o" / "seed0" / "fastsiam_bf16"
-    one = pb.plan_runs(pb.parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), *TINY]), 20)
+    plain = pb.parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), *TINY])
+    one = pb.plan_runs(plain, 20)
     assert [r["name"] for r in one] == ["fastsiam", "simsiam"] and "amp=auto" in one[0]["overrides"]
     assert pb.label("fastsiam_bf16") == "FastSiam (4 views), amp=bf16"
 
