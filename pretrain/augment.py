@@ -184,7 +184,8 @@ def _colour(x: Tensor, coef: Tensor, scale: Tensor, bias: Tensor) -> Tensor:
     (weight of its mean), h_j (1: hue op), u_j (hue shift); then g (1: grayscale). Each position computes
     torchvision's _blend, clamp(f x + (1 - f) d, 0, 255) with d the grey image (saturation), its mean
     (contrast) or 0 (brightness), as clamp(f x + s gray + c mean) (f = 1, s = c = 0: no op), then
-    where(h, hue(y), y): the hue is computed for every sample and kept where drawn, which costs arithmetic but no pass over memory.
+    where(h, hue(y), y): the hue is computed for every sample and kept where drawn, which costs arithmetic
+    but no pass over memory.
     The channels are separate planes so that per-pixel work (grey level, hue) is done once for all three.
     Then y * scale + bias per channel (scale, bias: 3 values each). The blur follows (`_blur_pass`).
     """
