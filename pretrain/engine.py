@@ -8,6 +8,11 @@ log.jsonl, one JSON object per line (appended on resume):
   the last iteration of an epoch instead gets one line with the same keys plus "epoch_end": true, loss_avg
     (mean over the epoch), skipped_images (unreadable files so far), time_s and, with the kNN monitor,
     knn_top1.
+  when a signal stops the run (SIGTERM, Ctrl-C): a line for the iterations since the last one, with the same
+    keys plus "stopped" (the signal's name) and "checkpoint" (where the run resumes from).
+Two epoch counts, two names: log.jsonl's `epoch` is the 0-based index of the epoch running; the checkpoint's
+`epochs_done` is the number of completed epochs (its `epoch` holds the same count, for older readers).
+Progress on the console: a tqdm bar on a terminal; when stderr is redirected, one line per logging step.
 Resume is exact on CPU: the data order and every random draw come from (seed, epoch, index or iteration)
 (pretrain/data.py), and checkpoint.pth holds the model, optimizer, scaler and the running sums of the epoch.
 """
@@ -18,6 +23,7 @@ import json
 import math
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,6 +261,8 @@ def setup(cfg: Config, d: distributed.Dist) -> Run | None:
     how = "set" if cfg.lr is not None else f"{cfg.lr_rule} rule"
     amp_msg = f", amp {prec.name} ({prec.reason})" + (", channels_last" if prec.channels_last else "")
     unit = "GPU" if cuda else "process"
+    if not cuda and cfg.augment == "fast":
+        augment.keep_freed_memory()  # each batch of float views reuses mapped pages (pretrain/augment.py)
     say(d, f"batch: {per_gpu} per {unit} x {d.world} processes = {cfg.batch_size} global, {cfg.num_views} "
            f"views; lr {lr:g} ({how}); device {d.device}{amp_msg}; bn_mode {cfg.bn_mode}")
 
@@ -337,8 +345,11 @@ def train_one_epoch(run: Run, epoch: int, it: int, log: Log, stop: StopFlag) -> 
     wait = wait_mark = 0.0
     it_mark = it
     collapse_level = cfg.collapse_threshold / math.sqrt(cfg.dim)
-    bar = tqdm(total=ipe, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not d.is_main,
-               dynamic_ncols=True, leave=False)
+    # a live bar on a terminal; redirected to a file its \r updates would pile up on one line, so there the
+    # progress is one printed line per logging step instead
+    tty = sys.stderr.isatty()
+    bar = tqdm(total=ipe, initial=skip, desc=f"epoch {epoch + 1}/{cfg.epochs}",
+               disable=not (d.is_main and tty), dynamic_ncols=True, leave=False)
     for views, bad_idx, reasons in run.loader:
         wait += time.perf_counter() - t_prev
         for i, reason in zip(bad_idx.tolist(), reasons, strict=True):
@@ -374,17 +385,23 @@ def train_one_epoch(run: Run, epoch: int, it: int, log: Log, stop: StopFlag) -> 
         bar.set_postfix(loss=f"{loss_val:.4f}", refresh=False)
         bar.update(1)
 
-        # ---- log ----
+        # ---- log (also when stopping: a row for the iterations since the last one, marked "stopped") ----
         last = it == (epoch + 1) * ipe
-        if it % cfg.log_every == 0 or last:
+        if it % cfg.log_every == 0 or last or stop_now:
             now = time.perf_counter()
             zs = z_std(z)
             row = {"epoch": epoch, "iteration": it, "loss": loss_val, "lr": float(run.lrs[it - 1]),
                    "views_per_s": (it - it_mark) * cfg.batch_size * v / (now - t_mark),
                    "data_wait": (wait - wait_mark) / (now - t_mark), "z_std": zs}
             it_mark, t_mark, wait_mark = it, now, wait
+            if stop_now:
+                row.update(stopped=stop.signal or "signal on another rank", checkpoint=str(run.ckpt_path))
             if not last:  # the epoch's last iteration goes into the epoch_end line below
                 log.write(row)
+                if not tty:
+                    say(d, f"epoch {epoch + 1}/{cfg.epochs} iteration {it - epoch * ipe}/{ipe}: loss "
+                           f"{loss_val:.4f}, lr {row['lr']:.4g}, {row['views_per_s']:.0f} views/s, data wait "
+                           f"{row['data_wait']:.0%}, z_std {zs:.4f}")
             if zs < collapse_level:
                 data.warn(f"z_std {zs:.4g} at iteration {it} is below collapse_threshold / sqrt(dim) = "
                           f"{collapse_level:.3g}: the representation may be collapsing")
