@@ -123,6 +123,8 @@ def test_preempted_job_is_requeued_and_resumes_exactly(image_dir, tmp_path, monk
     reference = tmp_path / "reference"
     r = run_pretrain(image_dir, reference, "epochs=2")  # TINY too
     assert r.returncode == 0, r.stderr
-    losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["stopped"] for r in rows if "stopped" in r] == ["SIGTERM"]  # the task stopped it cleanly, once
+    losses = [r["loss"] for r in rows]
     ref = [json.loads(line)["loss"] for line in (reference / "log.jsonl").read_text().splitlines()]
     assert losses == ref  # bit-identical on CPU with a fixed seed, as an uninterrupted run
