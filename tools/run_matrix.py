@@ -15,7 +15,8 @@ Each cell runs
         OUTPUT_DIR RUNS/<name>/<stem>/seed<k> MODEL.WEIGHTS PATH SEED <k> [extra]
 A cell whose results.json exists is skipped, so an interrupted matrix resumes where it stopped; a cell cut off
 mid-training (OUTPUT_DIR/last_checkpoint exists) restarts with --resume. --launcher local (the default) runs
-the cells one after another here; --launcher slurm submits one Slurm job per cell through submitit and returns
+the cells one after another here (--jobs N: N side by side, e.g. one per CPU core); --launcher slurm submits
+one Slurm job per cell through submitit and returns
 (a cell whose job is queued or running is not submitted twice; a preempted or timed-out job is requeued and
 resumes); --launcher submitit-local runs the same jobs through submitit's LocalExecutor here (tools/launch/).
 The `random` row trains from scratch with each protocol's `_random` config and MODEL.WEIGHTS "" (an `_instant`
@@ -115,6 +116,9 @@ def main(argv=None) -> int:
     ap.add_argument("--num-gpus", type=int, help="passed to the trainer (local launcher)")
     ap.add_argument("--trainer", default=f"{shlex.quote(sys.executable)} -m transfer.train_net",
                     help="trainer command line (default: this Python's -m transfer.train_net)")
+    ap.add_argument("--jobs", type=int, default=1, metavar="N",
+                    help="local launcher: N cells side by side, each with cores/N threads and its output in "
+                         "OUTPUT_DIR/train_net.log (default 1: one after another, output here)")
     ap.add_argument("--dry-run", action="store_true", help="print what would run or be submitted for each "
                     "cell left to run (with --launcher slurm: resources, command, output folder)")
     ap.add_argument("--status", action="store_true", help="print one line per cell and exit")
@@ -128,6 +132,10 @@ def main(argv=None) -> int:
     try:
         weights = parse_weights(args.weights, args.weights_dir, args.random)
         cells = plan(weights, args.configs, args.seeds, args.runs)
+        if args.jobs < 1:
+            raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
+        if args.launcher != "local" and args.jobs != 1:
+            raise UsageError("--jobs is for the local launcher; Slurm runs every cell as its own job")
         if args.launcher != "local" and args.num_gpus is not None:
             raise UsageError("--num-gpus is for the local launcher; Slurm jobs take --gpus-per-node")
         res = None if args.launcher == "local" or args.status else resources_from_args(
@@ -151,7 +159,7 @@ def main(argv=None) -> int:
         pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, PYTHONPATH=pythonpath)
         flags = [] if args.num_gpus is None else ["--num-gpus", str(args.num_gpus)]
-        failed = local.run(todo, trainer, flags, extra, env, args.dry_run)
+        failed = local.run(todo, trainer, flags, extra, env, args.dry_run, args.jobs)
     else:
         failed = slurm.submit(todo, trainer, extra, res, args.launcher, args.dry_run)
     if failed:

@@ -20,8 +20,14 @@ import json, os, sys
 from pathlib import Path
 argv = sys.argv[1:]
 opts = dict(zip(argv[argv.index("OUTPUT_DIR")::2], argv[argv.index("OUTPUT_DIR") + 1::2]))
+import time
+t0 = time.time()
+time.sleep(float(os.environ.get("FAKE_SLEEP", "0")))
+print("fake trainer output")
 with open(os.environ["FAKE_LOG"], "a") as f:
     f.write(json.dumps(argv) + "\\n")
+with open(os.environ["FAKE_LOG"] + ".times", "a") as f:
+    f.write(json.dumps([t0, time.time(), os.environ.get("OMP_NUM_THREADS")]) + "\\n")
 if opts["SEED"] == os.environ.get("FAIL_SEED"):
     sys.exit(3)
 Path(opts["OUTPUT_DIR"], "results.json").write_text(json.dumps({"bbox": {"AP": 1.0 + int(opts["SEED"])}}))
@@ -104,6 +110,36 @@ def test_failed_cell_does_not_stop_the_rest(setup, monkeypatch, capsys):
     assert "6 of 12 cells failed" in err and str(setup["runs"] / "imagenet/coco_R_50_FPN_1x/seed1") in err
     assert (setup["runs"] / "imagenet/coco_R_50_FPN_1x/seed0/results.json").is_file()
     assert not (setup["runs"] / "imagenet/coco_R_50_FPN_1x/seed1/results.json").exists()
+
+
+def test_jobs_run_cells_side_by_side_with_split_threads(setup, monkeypatch, capsys):
+    monkeypatch.setenv("FAKE_SLEEP", "1.0")
+    monkeypatch.setenv("FAIL_SEED", "1")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    args = setup["base"][:]
+    args[args.index("--seeds") + 2] = "1"  # seeds 0 1: half the cells fail, the rest must still finish
+    assert run_matrix.main(args + ["--jobs", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "6 of 12 cells failed" in err and "exit status 3" in err
+    times = [json.loads(line) for line in Path(str(setup["log"]) + ".times").read_text().splitlines()]
+    assert len(times) == 12 and {t[2] for t in times} == {"2"}  # 4 cores / 2 jobs
+    times.sort()
+    overlaps = sum(b[0] < a[1] for a, b in zip(times, times[1:]))
+    assert overlaps >= 5, times  # side by side, not one after another
+    assert max(sum(s <= t[0] < e for s, e, _ in times) for t in times) <= 2  # never more than 2 at once
+    # each cell's output went to its own log, not to the terminal
+    log = setup["runs"] / "imagenet/coco_R_50_FPN_1x/seed0/train_net.log"
+    assert "fake trainer output" in log.read_text()
+    assert (setup["runs"] / "imagenet/coco_R_50_FPN_1x/seed0/results.json").is_file()
+
+
+def test_jobs_must_be_positive_and_local(setup, capsys):
+    assert run_matrix.main(setup["base"] + ["--jobs", "0"]) == 2
+    assert run_matrix.main(setup["base"] + ["--jobs", "2", "--launcher", "slurm", "--dry-run"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "--jobs must be at least 1" in err[0] and "--jobs is for the local launcher" in err[1]
+    assert not setup["log"].exists()
 
 
 @pytest.mark.parametrize("change, message", [
