@@ -99,3 +99,16 @@ def test_tiny_study_end_to_end_then_rerun_only_reports(tmp_path):
     assert (out / "report" / "study_results.json").stat().st_mtime_ns > before
     again = json.loads((out / "report" / "study_results.json").read_text())
     assert again["rows"] == rows and len(again["commands"]) == 2
+
+
+def test_user_mistakes_exit_2_in_one_line(tmp_path, capsys):
+    from tools.study.__main__ import main
+
+    out = tmp_path / "study"
+    assert main(["--tiny", "--out", str(out), "--data", str(tmp_path / "no_cifar")]) == 2
+    assert "tools.get_cifar10" in capsys.readouterr().err
+    # the same folder with other settings (another preset, another detection schedule) is refused
+    assert main(["--quick", "--out", str(out), "--data", str(tmp_path / "no_cifar")]) == 2
+    assert main(["--tiny", "--det-iters", "7", "--out", str(out), "--data", str(tmp_path / "no_cifar")]) == 2
+    assert capsys.readouterr().err.count("other settings") == 2
+    assert main(["--tiny", "--parallel", "0", "--out", str(tmp_path / "x")]) == 2

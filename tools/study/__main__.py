@@ -252,21 +252,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=Path("data/cifar10"), help="tools.get_cifar10 output")
     ap.add_argument("--rows", nargs="+", choices=("random", "supervised", "simsiam", "fastsiam"),
                     help="only these rows (e.g. the instrument check: random supervised)")
+    ap.add_argument("--det-iters", type=int, help="detectron2 iterations for every row (the instrument's size; "
+                    "the preset's by default)")
     ap.add_argument("--parallel", type=int, default=2, help="subprocesses at a time (one thread each)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = ap.parse_args(argv)
     preset = args.preset or "full"
-    p = PRESETS[preset]
+    p = json.loads(json.dumps(PRESETS[preset]))  # a copy, tuples as lists: as study.json stores it
+    if args.det_iters:
+        p["det"]["iters"] = args.det_iters
     out = args.out.resolve()
     try:
-        if args.parallel < 1:
-            raise BenchError("--parallel must be at least 1")
+        if args.parallel < 1 or (args.det_iters is not None and args.det_iters < 1):
+            raise BenchError("--parallel and --det-iters must be at least 1")
         out.mkdir(parents=True, exist_ok=True)
         state_path = out / "study.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
-        if state.get("preset", preset) != preset:
-            raise BenchError(f"{out} holds a --{state['preset']} study; use another --out for --{preset}")
-        state.update(preset=preset, settings={k: v for k, v in p.items()})
+        if state.get("preset", preset) != preset or state.get("settings", p) != p:
+            raise BenchError(f"{out} holds a study with other settings (--{state['preset']}); use another --out")
+        state.update(preset=preset, settings=p)
         state.setdefault("invocations", []).append(
             {"command": "python -m tools.study " + " ".join(argv if argv is not None else sys.argv[1:]),
              "started": time.time()})
