@@ -261,6 +261,19 @@ def test_cuda_matches_cpu():
     assert (cpu - gpu.cpu()).abs().max() * 255 * max(IMAGENET_STD) <= 1.0
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_compiled_matches_cpu_eager():
+    import warnings
+
+    x = photo(16, 40, 40)
+    p = DeviceAugment().draw(16, gen(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # a compile failure would warn and fall back to eager ops
+        gpu = DeviceAugment(fused=True).apply(x.cuda(), p)
+    cpu = DeviceAugment(fused=False).apply(x, p)
+    assert (cpu - gpu.cpu()).abs().max() * 255 * max(IMAGENET_STD) <= 0.01  # grey levels
+
+
 # --------------------------------------------------------------------------------------------- PIL reference
 def test_reference_views():
     img = Image.fromarray(photo(1, 50, 60)[0].permute(1, 2, 0).numpy())
