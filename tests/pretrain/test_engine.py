@@ -263,7 +263,7 @@ def test_torchrun_two_processes_gloo(image_dir, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "batch: 4 per GPU x 2 processes = 8 global" in r.stdout
+    assert "batch: 4 per process x 2 processes = 8 global" in r.stdout
     assert r.stdout.count("done:") == 1  # rank 0 alone prints and writes
     ckpt = checkpoint.load_checkpoint(out / "checkpoint.pth")
     assert ckpt["iteration"] == 2 and ckpt["config"]["_run"]["world_size"] == 2
