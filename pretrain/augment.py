@@ -40,7 +40,7 @@ P_JITTER, P_GRAY, P_BLUR, P_FLIP = 0.8, 0.2, 0.5, 0.5
 SIGMA = (0.1, 2.0)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (PIL's "L" uses 0.299/0.587/0.114)
 MAX_BLUR_RADIUS = 6  # PIL's support for sigma <= 2, see _pil_blur_radius
-FUSED_MIN_PIXELS = 64 * 64  # DeviceAugment(fused=None) compiles its stage for views of this size and up
+FUSED_MIN_PIXELS = 96 * 96  # DeviceAugment(fused=None) compiles its stage for views of this size and up
 
 
 # ------------------------------------------------------------------------------------------ CPU stage
@@ -305,8 +305,9 @@ class DeviceAugment:
         self.mean, self.std = tuple(float(m) for m in mean), tuple(float(v) for v in std)
         self.cpu_chunk = cpu_chunk
         # True: the torch.compile'd stage (`_colour`, `_blur_pass`); False: the eager ops (`_augment_`); None:
-        # compiled from FUSED_MIN_PIXELS up. Below (32 px CIFAR views, tests) the stage is a sliver of a step
-        # and the first compile (30-110 s on the busy dev CPU, docs/benchmarks.md) would not pay for itself.
+        # compiled from FUSED_MIN_PIXELS up. Below (32 px CIFAR views, the 64 px demo, tests) the stage is a
+        # sliver of a step and the first compile (20 s cached, up to 160 s cold on the busy dev CPU,
+        # docs/benchmarks.md) would not pay for itself.
         self.fused = fused
 
     def draw(self, n: int, generator: torch.Generator) -> dict[str, Tensor]:

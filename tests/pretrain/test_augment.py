@@ -161,11 +161,11 @@ def test_fused_default_by_view_size_and_fallback(monkeypatch):
     small = photo(4, 32, 32)
     eager = DeviceAugment(fused=False).apply(small, aug.draw(4, gen(0)))
     assert torch.equal(aug.apply(small, aug.draw(4, gen(0))), eager) and calls == []  # 32 px: eager
-    big = photo(4, 64, 64)
+    big = photo(4, 96, 96)
     p = aug.draw(4, gen(1))
     with pytest.warns(UserWarning, match="torch.compile of the colour stage failed .*no compiler here"):
         out = aug.apply(big, p)
-    assert calls == [(4, 3, 64, 64)]  # it tried the compiled stage at 64 px
+    assert calls == [(4, 3, 96, 96)]  # it tried the compiled stage at 96 px
     assert torch.equal(out, DeviceAugment(fused=False).apply(big, p))  # ...and fell back to the eager ops
     assert augment._compiled_colour is False  # not retried
     aug.apply(big, p)
