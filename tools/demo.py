@@ -2,7 +2,8 @@
 
     python -m tools.demo [--out demo_output] [--size small|tiny] [--device auto|cpu|cuda]
 
-Stages (each a real command-line tool, run as a subprocess; a finished stage is skipped on rerun):
+Stages (each a real command-line tool; a finished stage is skipped on rerun; on a CPU, independent runs go
+side by side, one per core, and the conversions run through transfer.convert's entry point in this process):
   1. images     real photos that ship with scikit-image, cut into a small unlabelled image folder
   2. pretrain   FastSiam (K=3, 4 views) and SimSiam (K=1, 2 views) for the same compute (views processed)
   3. convert    both checkpoints and a random-init backbone to detectron2 weights (.pth)
@@ -16,7 +17,9 @@ the README gives the full-scale recipe.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -50,18 +53,80 @@ def stage(i: int, n: int, text: str) -> None:
     print(f"\n[{i}/{n}] {text}", flush=True)
 
 
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def machine() -> str:
+    """CPU model and threads, for the timing line (the figures move with the CPU)."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{model}, {cores()} CPU threads{gpu}"
+
+
 def run(cmd: list[str], log: Path, env: dict | None = None) -> None:
     """Run one stage command, its output into `log`; on failure show the log's tail and stop."""
-    log.parent.mkdir(parents=True, exist_ok=True)
+    run_side_by_side([(cmd, log, env)])
+
+
+def run_side_by_side(jobs: list[tuple[list[str], Path, dict | None]]) -> None:
+    """Run stage commands at the same time, each with an equal share of the CPU cores (OMP_NUM_THREADS), its
+    output into its log; on a failure show that log's tail and stop.
+
+    Side by side because on a CPU two 1-thread processes of these small models do more work than one 2-thread
+    process (docs/benchmarks.md); one job runs with every core."""
     t0 = time.time()
-    with open(log, "a") as f:
+    threads = str(max(1, cores() // len(jobs)))
+    procs = []
+    for cmd, log, env in jobs:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        f = open(log, "a")
         f.write("$ " + " ".join(cmd) + "\n")
         f.flush()
-        proc = subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
-                              env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        tail = log.read_text().splitlines()[-25:]
-        sys.exit("\n".join(tail) + f"\ndemo: a stage failed (exit {proc.returncode}); full log: {log}")
+        extra = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads} if len(jobs) > 1 else {}
+        procs.append((subprocess.Popen(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT,
+                                       env={**os.environ, **extra, **(env or {})}), f, log))
+    for proc, f, log in procs:
+        rc = proc.wait()
+        f.close()
+        if rc != 0:
+            for other, _, _ in procs:
+                if other.poll() is None:
+                    other.terminate()
+            tail = log.read_text().splitlines()[-25:]
+            sys.exit("\n".join(tail) + f"\ndemo: a stage failed (exit {rc}); full log: {log}")
+    logs = sorted({str(log.relative_to(log.parents[1])) for _, _, log in procs})
+    print(f"      done in {time.time() - t0:.0f} s  (log: {', '.join(logs)})", flush=True)
+
+
+def convert_all(sources: dict[str, Path], weights: Path, log: Path) -> None:
+    """transfer.convert's own command-line entry, once per file, in this process: the work is milliseconds,
+    a fresh interpreter per file (importing torch) was seconds."""
+    from transfer import convert
+
+    t0 = time.time()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    for name, src in sources.items():
+        dst = weights / f"{name}.pth"
+        if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
+            print(f"      {name}: converted earlier, skipped")
+            continue
+        args = [str(src), str(dst)]
+        with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            print("$ python -m transfer.convert " + " ".join(args), flush=True)
+            try:
+                rc = convert.main(args)
+            except SystemExit as e:  # argparse and one-line errors exit
+                rc = e.code
+        if rc:
+            tail = log.read_text().splitlines()[-10:]
+            sys.exit("\n".join(tail) + f"\ndemo: converting {src} failed; full log: {log}")
+        print(f"      {name}: {dst.relative_to(weights.parent)}", flush=True)
     print(f"      done in {time.time() - t0:.0f} s  (log: {log.relative_to(log.parents[1])})", flush=True)
 
 
@@ -110,7 +175,7 @@ def pretrain_done(run_dir: Path, epochs: int) -> bool:
     if not ckpt.exists():
         return False
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    return int(state.get("epoch", 0)) >= epochs
+    return int(state.get("epochs_done", state.get("epoch", 0))) >= epochs
 
 
 def main(argv=None) -> int:
@@ -137,8 +202,11 @@ def main(argv=None) -> int:
         make_images(images, size["images"])
         print("      written")
 
-    # ============ 2. pretraining ============
-    stage(2, n, "pretrain: FastSiam (4 views) and SimSiam (2 views), same number of views processed")
+    # ============ 2. pretraining (and the detection data, which needs no pretraining) ============
+    stage(2, n, "pretrain: FastSiam (4 views) and SimSiam (2 views), same number of views processed; "
+                "side by side with the detection data")
+    datasets = out / "datasets"
+    jobs = []
     for name, (views, epochs) in METHODS.items():
         epochs *= size["epoch_mult"]
         run_dir = out / "pretrain" / name
@@ -146,9 +214,16 @@ def main(argv=None) -> int:
             print(f"      {name}: finished earlier, skipped")
             continue
         print(f"      {name}: ResNet-18, {views} views, {epochs} epoch(s)", flush=True)
-        run([PY, "-m", "pretrain", "--config", "configs/pretrain/smoke_cpu.yaml", "--data", str(images),
-             "--output-dir", str(run_dir), f"num_views={views}", f"epochs={epochs}", f"device={device}",
-             "workers=1"], logs / f"pretrain_{name}.log")
+        cmd = [PY, "-m", "pretrain", "--config", "configs/pretrain/smoke_cpu.yaml", "--data", str(images),
+               "--output-dir", str(run_dir), f"num_views={views}", f"epochs={epochs}", f"device={device}",
+               "workers=1"]
+        jobs.append((cmd, logs / f"pretrain_{name}.log", None))
+    if not (datasets / "cityscapes").is_dir():
+        print(f"      detection data: synthetic COCO, keypoints, Cityscapes -> {datasets}", flush=True)
+        cmd = [PY, "-m", "tools.make_detection_data", str(datasets), "--images", str(size["det_images"])]
+        jobs.append((cmd, logs / "make_detection_data.log", None))
+    if jobs:
+        run_side_by_side(jobs)
 
     # ============ 3. conversion ============
     stage(3, n, "convert: both checkpoints and a random-init backbone -> detectron2 weights")
@@ -159,39 +234,34 @@ def main(argv=None) -> int:
         random_backbone(random_src)
     sources = {name: out / "pretrain" / name / "checkpoint.pth" for name in METHODS}
     sources["random_init"] = random_src
-    for name, src in sources.items():
-        dst = weights / f"{name}.pth"
-        if dst.exists() and dst.stat().st_mtime >= src.stat().st_mtime:
-            print(f"      {name}: converted earlier, skipped")
-            continue
-        run([PY, "-m", "transfer.convert", str(src), str(dst)], logs / f"convert_{name}.log")
+    convert_all(sources, weights, logs / "convert.log")
 
     # ============ 4. detectron2 transfer ============
-    stage(4, n, "transfer: detectron2 fine-tuning + evaluation (COCO instances, keypoints, Cityscapes)")
-    datasets = out / "datasets"
-    if not (datasets / "cityscapes").is_dir():
-        run([PY, "-m", "tools.make_detection_data", str(datasets), "--images", str(size["det_images"])],
-            logs / "make_detection_data.log")
+    jobs_n = 1 if device == "cuda" else max(1, min(2, cores()))
+    stage(4, n, "transfer: detectron2 fine-tuning + evaluation (COCO instances, keypoints, Cityscapes)"
+                + (f", {jobs_n} runs side by side" if jobs_n > 1 else ""))
     configs = [str(REPO / "configs/transfer/instant" / f"{p}_instant.yaml") for p in size["protocols"]]
     env = {"DETECTRON2_DATASETS": str(datasets)}
     runs = out / "runs"
     run([PY, "tools/run_matrix.py", "--weights-dir", str(weights), "--configs", *configs, "--seeds", "0",
-         "--runs", str(runs), "--", "MODEL.DEVICE", device, *size["d2"]], logs / "transfer.log", env=env)
+         "--runs", str(runs), "--jobs", str(jobs_n), "--", "MODEL.DEVICE", device, *size["d2"]],
+        logs / "transfer.log", env=env)
 
     # ============ 5. tables and figures ============
     stage(5, n, "report: paper-style tables and figures")
     tables = out / "tables.md"
     run([PY, "tools/make_tables.py", str(runs), "--output", str(tables)], logs / "tables.log")
-    run([PY, "tools/fig2_target_stability.py", "--output", str(out / "fig2_target_stability.png")],
-        logs / "figures.log")
     photos = sorted(images.glob("*.jpg"))[:3]
-    run([PY, "tools/fig6_activations.py", "--checkpoints", *(str(s) for s in sources.values()),
-         "--labels", *sources, "--images", *(str(p) for p in photos),
-         "--output", str(out / "fig6_activations.png")], logs / "figures.log")
+    run_side_by_side([
+        ([PY, "tools/fig2_target_stability.py", "--output", str(out / "fig2_target_stability.png")],
+         logs / "fig2.log", None),
+        ([PY, "tools/fig6_activations.py", "--checkpoints", *(str(s) for s in sources.values()),
+          "--labels", *sources, "--images", *(str(p) for p in photos),
+          "--output", str(out / "fig6_activations.png")], logs / "fig6.log", None)])
 
     print("\n" + tables.read_text())
     print(TOY_BANNER)
-    print(f"\nDemo finished in {time.time() - t_start:.0f} s. Everything is in {out}:")
+    print(f"\nDemo finished in {time.time() - t_start:.0f} s on {machine()}. Everything is in {out}:")
     for p in sorted(out.iterdir()):
         print(f"  {p.name}{'/' if p.is_dir() else ''}")
     return 0

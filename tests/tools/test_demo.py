@@ -1,5 +1,7 @@
 """`make demo`'s pipeline at its smallest size: every stage runs the real tools; a rerun skips them."""
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +34,13 @@ def test_demo_pipeline_tiny(tmp_path):
     assert (out / "fig2_target_stability.png").stat().st_size > 1000
     assert (out / "fig6_activations.png").stat().st_size > 1000
     assert "TOY RUN" in first.stdout and str(out) in first.stdout
+    # the closing line names the time and the machine (the README's figure depends on both)
+    assert re.search(r"Demo finished in \d+ s on .+, \d+ CPU threads", first.stdout), first.stdout[-500:]
+    # the conversions went through transfer.convert's entry point (its summary lines are in the log)
+    assert (out / "logs" / "convert.log").read_text().count("written: ") == 3
+    if len(os.sched_getaffinity(0)) >= 2:  # on a multi-core CPU the detectron2 runs went side by side
+        assert "--jobs 2" in (out / "logs" / "transfer.log").read_text()
+        assert (out / "runs/demo_fastsiam/coco_R_50_FPN_1x_instant/seed0/train_net.log").is_file()
 
     # a rerun skips every finished stage and repeats no training
     second = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
