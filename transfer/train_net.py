@@ -50,7 +50,7 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from transfer import datasets, scaling  # noqa: E402
+from transfer import datasets, imagenet_weights, scaling  # noqa: E402
 from transfer import weights as weights_lib  # noqa: E402
 from transfer import roi_heads as _  # noqa: E402,F401  (registers Res5ROIHeadsExtraNorm)
 from transfer.datasets import DatasetError  # noqa: E402
@@ -138,7 +138,27 @@ def check_weights(cfg, resume: bool, allow_partial: bool = False) -> None:
         print(f"warning: MODEL.WEIGHTS {weights} is a .pkl, which detectron2 reads with plain pickle (it "
               "can run code from the file); prefer .pth from `python -m transfer.convert CKPT OUT.pth`, "
               "which loads with torch's weights_only loader", file=sys.stderr)
-    weights_lib.check(model_shapes(cfg), weights, allow_partial)
+    ckpt, _, _ = weights_lib.check(model_shapes(cfg), weights, allow_partial)
+    if ckpt["__author__"] == "Caffe2":
+        check_caffe2_input(cfg, weights)
+
+
+def check_caffe2_input(cfg, weights: str) -> None:
+    """Caffe2 weights (MSRA's ImageNet R-50.pkl) were trained on BGR images, Caffe's pixel mean, std 1 and the
+    stride in the 1x1 conv; with a torchvision-convention config they load without a warning and fine-tune on
+    inputs the backbone never saw. Refuse that mismatch: the msra/ twin of each protocol config sets them."""
+    want = imagenet_weights.MSRA_INPUT
+    have = {"INPUT.FORMAT": cfg.INPUT.FORMAT, "MODEL.PIXEL_MEAN": list(cfg.MODEL.PIXEL_MEAN),
+            "MODEL.PIXEL_STD": list(cfg.MODEL.PIXEL_STD),
+            "MODEL.RESNETS.STRIDE_IN_1X1": cfg.MODEL.RESNETS.STRIDE_IN_1X1}
+    wrong = [k for k, v in want.items()
+             if (v != have[k] if not isinstance(v, list) else
+                 len(v) != len(have[k]) or any(abs(a - b) > 1e-3 for a, b in zip(v, have[k])))]
+    if wrong:
+        raise SetupError(f"MODEL.WEIGHTS {weights} is a Caffe2 (MSRA) file, whose ResNet expects "
+                         + ", ".join(f"{k} {want[k]}" for k in wrong) + "; this config has "
+                         + ", ".join(f"{have[k]}" for k in wrong)
+                         + ": use the config's twin in configs/transfer/msra/")
 
 
 # ---------------------------------------------------------------- trainer

@@ -334,3 +334,31 @@ def test_msra_twin_loads_every_backbone_tensor(tmp_path, msra, stem, layout):
     assert len(stats) == 2 * 53 and all(
         torch.equal(state[k], torch.zeros_like(state[k]) if "mean" in k else torch.ones_like(state[k]))
         for k in stats)
+
+
+@pytest.mark.parametrize("layout", ["zoo", "pth"])
+def test_caffe2_weights_with_a_torchvision_input_config_are_refused(tmp_path, msra, layout):
+    """MSRA's weights under an RGB / torchvision-normalised config would load without a warning and fine-tune
+    on inputs the backbone never saw: train_net refuses that before building anything; the msra/ twin passes."""
+    pytest.importorskip("detectron2")
+    from detectron2.config import get_cfg
+
+    from transfer import train_net
+
+    path = msra["zoo"] if layout == "zoo" else str(tmp_path / "imagenet.pth")
+    if layout == "pth":
+        iw.msra_weights(path, from_file=msra["zoo"])
+
+    def cfg_for(config: str):
+        cfg = get_cfg()
+        cfg.merge_from_file(os.path.join(REPO, "configs", "transfer", config))
+        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", path, "OUTPUT_DIR", str(tmp_path / "o")])
+        return cfg
+
+    with pytest.raises(train_net.SetupError) as e:
+        train_net.check_weights(cfg_for("coco_R_50_FPN_1x.yaml"), resume=False)
+    msg = str(e.value)
+    assert "Caffe2 (MSRA)" in msg and "configs/transfer/msra/" in msg and "INPUT.FORMAT BGR" in msg
+    assert "\n" not in msg
+    train_net.check_weights(cfg_for("msra/coco_R_50_FPN_1x.yaml"), resume=False)  # the twin fits
+    assert not (tmp_path / "o").exists()  # a check writes nothing
