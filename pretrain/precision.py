@@ -72,7 +72,8 @@ def resolve(amp: str, device: torch.device, channels_last: bool = True, cpu_flag
         if amp in ("off", "fp32"):
             return Precision("cuda", None, channels_last, f"amp={amp}")
         if amp == "auto":
-            bf16 = torch.cuda.is_bf16_supported()
+            # native bf16 only: pre-Ampere GPUs (V100, T4) emulate it slowly and belong to fp16 + GradScaler
+            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
             why = "auto: the GPU supports bf16" if bf16 else "auto: no bf16 on this GPU, fp16 + GradScaler"
             return Precision("cuda", torch.bfloat16 if bf16 else torch.float16, channels_last, why)
         dtype = torch.bfloat16 if amp == "bf16" else torch.float16

@@ -190,7 +190,9 @@ class ChildJob:
                 os.kill(proc.pid, sig)
                 deadline = time.monotonic() + wait_s
                 while time.monotonic() < deadline:
-                    if os.waitpid(proc.pid, os.WNOHANG)[0] == proc.pid:
+                    pid, status = os.waitpid(proc.pid, os.WNOHANG)
+                    if pid == proc.pid:  # reaped here: record it, so no later call signals a reused pid
+                        proc.returncode = os.waitstatus_to_exitcode(status)
                         return
                     time.sleep(0.1)
             except (ProcessLookupError, ChildProcessError):  # already gone, or reaped by the interrupted poll
@@ -229,7 +231,9 @@ class JobStatus:
 def write_record(folder: Path, job, launcher: str, cmd: list[str], res: Resources) -> None:
     record = {"job_id": str(job.job_id), "launcher": launcher, "command": cmd, "resources": asdict(res),
               "submitted": datetime.datetime.now().isoformat(timespec="seconds")}
-    (folder / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    tmp = folder / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, folder / RECORD)  # a cut-off write never leaves a record that reads as "no job"
 
 
 _QUEUED = ("PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "RESIZING")

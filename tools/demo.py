@@ -218,12 +218,15 @@ def main(argv=None) -> int:
                "--output-dir", str(run_dir), f"num_views={views}", f"epochs={epochs}", f"device={device}",
                "workers=1"]
         jobs.append((cmd, logs / f"pretrain_{name}.log", None))
-    if not (datasets / "cityscapes").is_dir():
+    data_done = datasets / ".complete"  # written after the generator succeeded: a run cut off mid-way is redone
+    if not data_done.is_file():
+        shutil.rmtree(datasets, ignore_errors=True)
         print(f"      detection data: synthetic COCO, keypoints, Cityscapes -> {datasets}", flush=True)
         cmd = [PY, "-m", "tools.make_detection_data", str(datasets), "--images", str(size["det_images"])]
         jobs.append((cmd, logs / "make_detection_data.log", None))
     if jobs:
         run_side_by_side(jobs)
+    data_done.touch()
 
     # ============ 3. conversion ============
     stage(3, n, "convert: both checkpoints and a random-init backbone -> detectron2 weights")

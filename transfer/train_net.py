@@ -139,26 +139,35 @@ def check_weights(cfg, resume: bool, allow_partial: bool = False) -> None:
               "can run code from the file); prefer .pth from `python -m transfer.convert CKPT OUT.pth`, "
               "which loads with torch's weights_only loader", file=sys.stderr)
     ckpt, _, _ = weights_lib.check(model_shapes(cfg), weights, allow_partial)
-    if ckpt["__author__"] == "Caffe2":
-        check_caffe2_input(cfg, weights)
+    check_input_conventions(cfg, weights, caffe2=ckpt["__author__"] == "Caffe2")
 
 
-def check_caffe2_input(cfg, weights: str) -> None:
+def check_input_conventions(cfg, weights: str, caffe2: bool) -> None:
     """Caffe2 weights (MSRA's ImageNet R-50.pkl) were trained on BGR images, Caffe's pixel mean, std 1 and the
-    stride in the 1x1 conv; with a torchvision-convention config they load without a warning and fine-tune on
-    inputs the backbone never saw. Refuse that mismatch: the msra/ twin of each protocol config sets them."""
-    want = imagenet_weights.MSRA_INPUT
+    stride in the 1x1 conv; everything transfer.convert writes (FastSiam, SimSiam, MoCo, torchvision) on RGB
+    images with torchvision's mean and std. The wrong config loads the weights without a warning and
+    fine-tunes on inputs the backbone never saw, so refuse either mismatch (configs/transfer/msra/ holds the
+    MSRA twins)."""
+    msra = imagenet_weights.MSRA_INPUT
     have = {"INPUT.FORMAT": cfg.INPUT.FORMAT, "MODEL.PIXEL_MEAN": list(cfg.MODEL.PIXEL_MEAN),
             "MODEL.PIXEL_STD": list(cfg.MODEL.PIXEL_STD),
             "MODEL.RESNETS.STRIDE_IN_1X1": cfg.MODEL.RESNETS.STRIDE_IN_1X1}
-    wrong = [k for k, v in want.items()
-             if (v != have[k] if not isinstance(v, list) else
-                 len(v) != len(have[k]) or any(abs(a - b) > 1e-3 for a, b in zip(v, have[k])))]
-    if wrong:
+
+    def same(a, b) -> bool:
+        if isinstance(a, list):
+            return len(a) == len(b) and all(abs(x - y) < 1e-3 for x, y in zip(a, b))
+        return a == b
+
+    wrong = [k for k, v in msra.items() if not same(v, have[k])]
+    if caffe2 and wrong:
         raise SetupError(f"MODEL.WEIGHTS {weights} is a Caffe2 (MSRA) file, whose ResNet expects "
-                         + ", ".join(f"{k} {want[k]}" for k in wrong) + "; this config has "
+                         + ", ".join(f"{k} {msra[k]}" for k in wrong) + "; this config has "
                          + ", ".join(f"{have[k]}" for k in wrong)
                          + ": use the config's twin in configs/transfer/msra/")
+    if not caffe2 and not wrong:
+        raise SetupError(f"MODEL.WEIGHTS {weights} is not a Caffe2 (MSRA) file, but the config sets MSRA's "
+                         "input conventions (BGR, Caffe pixel mean, std 1, STRIDE_IN_1X1 True): use the "
+                         "protocol config in configs/transfer/, not its msra/ twin")
 
 
 # ---------------------------------------------------------------- trainer

@@ -63,7 +63,13 @@ def read(path: str) -> dict:
 
     ``raw`` is what the file holds (for the diagnosis); ``non_tensors`` lists entries of the model dict that
     are no tensor (they cannot be loaded and count as unused)."""
-    local = PathManager.get_local_path(path)  # downloads and caches detectron2:// and https:// weights
+    try:
+        local = PathManager.get_local_path(path)  # downloads and caches detectron2:// and https:// weights
+    except Exception as e:  # no network, a proxy, an HTTP error: urllib and iopath raise many types
+        reason = (str(e).strip().splitlines() or [""])[0][:160]
+        raise WeightsError(f"MODEL.WEIGHTS {path} cannot be fetched ({type(e).__name__}: {reason}); offline, "
+                           "fetch the file elsewhere and pass its local path (MSRA's R-50: python -m "
+                           "transfer.imagenet_weights weights_msra/imagenet.pth --from-file R-50.pkl)") from None
     if path.endswith(".pkl"):
         try:
             with open(local, "rb") as f:

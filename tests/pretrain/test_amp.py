@@ -38,10 +38,15 @@ def test_forced_values_on_the_cpu():
         precision.resolve("half", CPU)
 
 
-@pytest.mark.parametrize("bf16_ok, want", [(True, torch.bfloat16), (False, torch.float16)])
+@pytest.mark.parametrize("bf16_ok, want", [(True, torch.bfloat16), (False, torch.float16),
+                                           ("emulated", torch.float16)])
 def test_cuda_auto_keeps_the_previous_behaviour(monkeypatch, bf16_ok, want):
-    # before `amp` had values, amp=true on CUDA meant bf16 where supported, else fp16 with a GradScaler
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
+    # before `amp` had values, amp=true on CUDA meant bf16 where supported, else fp16 with a GradScaler;
+    # "supported" means native: torch's default also says True for GPUs that only emulate bf16 (V100, T4)
+    def is_bf16_supported(including_emulation=True):
+        return bf16_ok is True or (bf16_ok == "emulated" and including_emulation)
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
     p = precision.resolve("auto", CUDA, channels_last=True)
     assert p.dtype == want and p.channels_last and p.needs_scaler == (want == torch.float16)
     assert precision.resolve("off", CUDA).dtype is None

@@ -31,6 +31,7 @@ def test_demo_pipeline_tiny(tmp_path):
     tables = (out / "tables.md").read_text()
     for name in ("demo_fastsiam", "demo_simsiam", "random_init"):
         assert name in tables
+    assert (out / "datasets" / ".complete").is_file()  # the generator finished: a rerun may skip it
     assert (out / "fig2_target_stability.png").stat().st_size > 1000
     assert (out / "fig6_activations.png").stat().st_size > 1000
     assert "TOY RUN" in first.stdout and str(out) in first.stdout

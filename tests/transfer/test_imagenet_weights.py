@@ -362,3 +362,27 @@ def test_caffe2_weights_with_a_torchvision_input_config_are_refused(tmp_path, ms
     assert "\n" not in msg
     train_net.check_weights(cfg_for("msra/coco_R_50_FPN_1x.yaml"), resume=False)  # the twin fits
     assert not (tmp_path / "o").exists()  # a check writes nothing
+
+
+def test_converted_weights_with_an_msra_config_are_refused(tmp_path):
+    """The other way round: an RGB-trained ResNet-50 from transfer.convert under an msra/ twin (BGR, Caffe
+    mean, std 1) is refused; under the protocol config itself it passes."""
+    pytest.importorskip("detectron2")
+    import torchvision
+    from detectron2.config import get_cfg
+
+    from transfer import convert, train_net
+
+    src, dst = tmp_path / "tv.pth", tmp_path / "r50.pth"
+    torch.save(torchvision.models.resnet50().state_dict(), src)
+    assert convert.main([str(src), str(dst)]) == 0
+
+    def cfg_for(config: str):
+        cfg = get_cfg()
+        cfg.merge_from_file(os.path.join(REPO, "configs", "transfer", config))
+        cfg.merge_from_list(["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", str(dst)])
+        return cfg
+
+    with pytest.raises(train_net.SetupError, match="not a Caffe2 .MSRA. file.*not its msra/ twin"):
+        train_net.check_weights(cfg_for("msra/coco_R_50_FPN_1x.yaml"), resume=False)
+    train_net.check_weights(cfg_for("coco_R_50_FPN_1x.yaml"), resume=False)

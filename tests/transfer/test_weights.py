@@ -225,3 +225,18 @@ def test_train_net_eval_only_with_allow_partial_weights(train_net, files, tmp_pa
     assert report["allow_partial_weights"] and report["partial"]
     assert report["backbone_not_initialised"] == ["backbone.bottom_up.res4.1.conv2.weight"]
     assert os.path.isfile(tmp_path / "results.json")
+
+
+def test_weights_that_cannot_be_fetched_fail_in_one_line(monkeypatch):
+    """Offline, the msra/ configs' detectron2:// URL cannot be downloaded: one line naming the offline route,
+    not urllib's traceback."""
+    import urllib.error
+
+    def offline(path, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(weights.PathManager, "get_local_path", offline)
+    with pytest.raises(weights.WeightsError) as e:
+        weights.read("detectron2://ImageNetPretrained/MSRA/R-50.pkl")
+    msg = str(e.value)
+    assert "cannot be fetched (URLError" in msg and "--from-file R-50.pkl" in msg and "\n" not in msg

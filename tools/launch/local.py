@@ -22,7 +22,8 @@ def _threads_env(env: dict, jobs: int) -> dict:
     """Split the cores between the cells, unless the user already chose OMP_NUM_THREADS."""
     if jobs <= 1 or "OMP_NUM_THREADS" in env:
         return env
-    threads = str(max(1, (os.cpu_count() or 1) // jobs))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = str(max(1, cores // jobs))  # the cores this process may use, not the machine's
     return dict(env, OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads)
 
 
