@@ -216,7 +216,7 @@ def main(argv=None) -> int:
         print(f"      {name}: ResNet-18, {views} views, {epochs} epoch(s)", flush=True)
         cmd = [PY, "-m", "pretrain", "--config", "configs/pretrain/smoke_cpu.yaml", "--data", str(images),
                "--output-dir", str(run_dir), f"num_views={views}", f"epochs={epochs}", f"device={device}",
-               "workers=1"]
+               "workers=1", f"save_every_epochs={epochs}"]  # one kept checkpoint, not ~100 MB per epoch
         jobs.append((cmd, logs / f"pretrain_{name}.log", None))
     data_done = datasets / ".complete"  # written after the generator succeeded: a run cut off mid-way is redone
     if not data_done.is_file():
