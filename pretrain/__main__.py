@@ -31,13 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", help="checkpoint.pth, log.jsonl, config.yaml, TensorBoard events")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, type-checked")
     args = parser.parse_args(argv)
+    from pretrain import engine
 
+    return run(engine.train, args)
+
+
+def run(train, args) -> int:
+    """Load the config from --config/--data/--output-dir/overrides, call ``train(cfg)``, and map failures to
+    one-line errors: exit 2 for bad input, 1 for a failed run, 130 for a second Ctrl-C. Shared by every
+    command that trains on pretrain's config (also tools.study.supervised)."""
     from pretrain import checkpoint, data, engine
     from pretrain.config import ConfigError, load_config
 
     try:
         cfg = load_config(args.config, args.overrides, data=args.data, output_dir=args.output_dir)
-        engine.train(cfg)
+        train(cfg)
     except (ConfigError, data.DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -48,7 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted (second Ctrl-C): no checkpoint written for the running iteration", file=sys.stderr)
         return 130
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -29,7 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pretrain import augment, checkpoint, data, engine, precision
-from pretrain.config import ConfigError, base_lr, load_config, to_yaml
+from pretrain.__main__ import run as run_cli
+from pretrain.config import ConfigError, base_lr, to_yaml
 from pretrain.model import resnet_backbone
 from pretrain.schedule import cosine_schedule
 
@@ -85,7 +86,8 @@ def train(cfg) -> None:
     batches = data.EpochBatches(len(files), cfg.batch_size, seed=cfg.seed)
     ipe = batches.iters_per_epoch
     if ipe == 0:
-        raise data.DataError(f"{len(files)} images under {cfg.data} are fewer than one batch ({cfg.batch_size})")
+        raise data.DataError(f"{len(files)} images under {cfg.data} are fewer than one batch "
+                             f"({cfg.batch_size})")
     total = cfg.epochs * ipe
 
     ckpt_path = out / "checkpoint.pth"
@@ -101,8 +103,9 @@ def train(cfg) -> None:
                         "amp_reason": prec.reason, "channels_last": prec.channels_last,
                         "torch": str(torch.__version__)}
     checkpoint.atomic_write(out / "config.yaml", lambda f: f.write(to_yaml(resolved).encode()))
-    print(f"supervised: {len(files)} images, {len(classes)} classes, batch {cfg.batch_size} x {cfg.num_views} "
-          f"views, {ipe} iterations per epoch, lr {lr:g}, device {device}, amp {prec.name} ({prec.reason})",
+    print(f"supervised: {len(files)} images, {len(classes)} classes, "
+          f"batch {cfg.batch_size} x {cfg.num_views} views, {ipe} iterations per epoch, lr {lr:g}, "
+          f"device {device}, amp {prec.name} ({prec.reason})",
           flush=True)
 
     torch.manual_seed(cfg.seed)  # the same initial backbone as a pretraining run of this seed
@@ -185,17 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="labelled image folder: <class>/<image>")
     p.add_argument("--output-dir")
     p.add_argument("overrides", nargs="*", metavar="key=value")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides, data=args.data, output_dir=args.output_dir)
-        train(cfg)
-    except (ConfigError, data.DataError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (engine.RunError, checkpoint.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run_cli(train, p.parse_args(argv))  # pretrain's config loading and one-line errors
 
 
 if __name__ == "__main__":
