@@ -99,6 +99,11 @@ def test_tiny_study_end_to_end_then_rerun_only_reports(tmp_path):
     assert (out / "report" / "study_results.json").stat().st_mtime_ns > before
     again = json.loads((out / "report" / "study_results.json").read_text())
     assert again["rows"] == rows and len(again["commands"]) == 2
+    first_run, rerun = again["commands"]
+    assert first_run["done_before"] == 0 and rerun["done_before"] == rerun["stages"] == first_run["stages"] > 20
+    md = (out / "report" / "study.md").read_text()
+    assert f"found all {rerun['stages']} stages done, only regenerated the report" in md
+    assert f"ran {first_run['stages']} of {first_run['stages']} stages in" in md
 
 
 def test_user_mistakes_exit_2_in_one_line(tmp_path, capsys):

@@ -279,11 +279,14 @@ def main(argv: list[str] | None = None) -> int:
         manifest = prepare_data(args, p, out)
         print(f"  scenes: {manifest['counts']}, sha256 {manifest['sha256'][:16]}...", flush=True)
         timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
-        failed = run_jobs(plan(args, p, out), out, args.parallel, timings)
+        jobs = plan(args, p, out)
+        # what this invocation found done: the report shows that a rerun of a finished study only reports
+        state["invocations"][-1].update(stages=len(jobs), done_before=sum(bool(j.done()) for j in jobs))
+        failed = run_jobs(jobs, out, args.parallel, timings)
     except (BenchError, scenes.SceneError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    state["invocations"][-1]["finished"] = time.time()
+    state["invocations"][-1].update(finished=time.time(), failed=len(failed))
     save_json(state_path, state)
     paths = report.write(out, rows_of(p), p, preset)
     print(f"report: {', '.join(str(x) for x in paths)}", flush=True)

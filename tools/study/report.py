@@ -151,7 +151,7 @@ def markdown(res: dict) -> str:
         lines += ["", f"Ordering by mean box AP (full budget): {order}."]
     lines += ["", "![AP against pretraining views](study_fig4.png)", "", "## Run", ""]
     for c in res["commands"]:
-        lines.append(f"- `{c['command']}`")
+        lines.append(f"- `{c['command']}`{invocation_summary(c)}")
     sc = res["scenes"] or {}
     if sc:
         lines += ["", f"Scenes: {sc['counts']}, settings {sc['settings']}, sha256 `{sc['sha256']}`."]
@@ -162,6 +162,21 @@ def markdown(res: dict) -> str:
               "(stages run two at a time, so stage sums exceed it).", "",
               "Machine: " + ", ".join(f"{k}: {v}" for k, v in res["machine"].items()), ""]
     return "\n".join(lines)
+
+
+def invocation_summary(c: dict) -> str:
+    """': ran 41 of 42 stages in 2.1 h' / ': found all 42 stages done, only regenerated the report'."""
+    wall = c.get("finished", c["started"]) - c["started"]
+    when = f"{wall / 3600:.1f} h" if wall >= 3600 else f"{wall / 60:.1f} min" if wall >= 60 else f"{wall:.0f} s"
+    if "finished" not in c:
+        return ": interrupted (resumed by the next line)"
+    if "stages" not in c:  # recorded before the stage counts were
+        return f": {when}"
+    ran = c["stages"] - c["done_before"]
+    if ran == 0:
+        return f": found all {c['stages']} stages done, only regenerated the report ({when})"
+    failed = f", {c['failed']} failed" if c.get("failed") else ""
+    return f": ran {ran} of {c['stages']} stages{failed} in {when}"
 
 
 def max_epochs(res: dict, method: str) -> int:
