@@ -44,7 +44,7 @@ from detectron2.data import (  # noqa: E402
     build_detection_test_loader,
     build_detection_train_loader,
 )
-from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, hooks, launch  # noqa: E402
 from detectron2.evaluation import CityscapesInstanceEvaluator, COCOEvaluator  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
@@ -177,7 +177,21 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg, allow_partial_weights: bool = False):
         self.allow_partial_weights = allow_partial_weights
+        self.eval_results = None  # the last evaluation's results (set by the evaluation hook)
         super().__init__(cfg)
+
+    def build_hooks(self):
+        """DefaultTrainer's hooks, with its evaluation hook replaced by one that keeps the results in
+        self.eval_results: DefaultTrainer keeps them only in a private attribute."""
+        ret = super().build_hooks()
+        at = [i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)]
+        assert len(at) == 1, "DefaultTrainer.build_hooks changed: expected one EvalHook"
+        ret[at[0]] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self.evaluate)
+        return ret
+
+    def evaluate(self):
+        self.eval_results = self.test(self.cfg, self.model)
+        return self.eval_results
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
@@ -318,9 +332,8 @@ def main(args):
         else:
             trainer = Trainer(cfg, allow_partial_weights=args.allow_partial_weights)
             trainer.resume_or_load(resume=args.resume)
-            trainer.train()
-            # DefaultTrainer keeps the last evaluation here (train() returns it only with EXPECTED_RESULTS)
-            results = getattr(trainer, "_last_eval_results", None)
+            trainer.train()  # returns the results only with TEST.EXPECTED_RESULTS set
+            results = trainer.eval_results
         write_results(cfg, results)
         return results
     except (SetupError, DatasetError, WeightsError) as e:
