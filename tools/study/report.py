@@ -154,7 +154,11 @@ def markdown(res: dict) -> str:
         lines.append(f"- `{c['command']}`{invocation_summary(c)}")
     sc = res["scenes"] or {}
     if sc:
-        lines += ["", f"Scenes: {sc['counts']}, settings {sc['settings']}, sha256 `{sc['sha256']}`."]
+        c, st = sc["counts"], sc["settings"]
+        lines += ["", f"Scenes (`tools/study/scenes.py`, seed {st['seed']}): {c['train']['images']:,} train scenes "
+                  f"({c['train']['objects']:,} objects), {c['val']['images']:,} val scenes ({c['val']['objects']:,} "
+                  f"objects); {st['canvas']} px canvases, objects {st['min_size']} to {st['max_size']} px, at most "
+                  f"{st['max_objects']} per scene; sha256 `{sc['sha256']}`."]
     lines += ["", "| Stage | Jobs | Wall s (sum) | CPU s (sum) |", "|---|---:|---:|---:|"]
     for stage, s in res["timings"]["stages"].items():
         lines.append(f"| {stage} | {s['jobs']} | {s['wall_s']:.0f} | {s['cpu_s']:.0f} |")
