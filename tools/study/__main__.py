@@ -1,7 +1,7 @@
 """A small-scale Table 1 and Fig. 4 on real images: CIFAR-10 pretraining -> Mask R-CNN on CIFAR-10 scenes.
 
     python -m tools.get_cifar10                          # once: data/cifar10/{train,test}
-    python -m tools.study --out runs/study               # full: about 2.5 h on an idle 2-core CPU
+    python -m tools.study --out runs/study               # full: 2.1 h on an idle 2-core CPU (docs/study.md)
     python -m tools.study --out runs/study_quick --quick # the same pipeline in under 20 minutes
     python -m tools.study --out runs/study_val --rows random supervised   # the instrument check alone
 
