@@ -26,79 +26,17 @@ failed cell does not stop the others; the exit status is 1 if any failed.
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 from pathlib import Path
 
-RANDOM = "random"
 REPO = Path(__file__).resolve().parents[1]
-WEIGHT_SUFFIXES = (".pth", ".pkl")
 if str(REPO) not in sys.path:  # run as a script: tools.launch and pretrain import from this checkout
     sys.path.insert(0, str(REPO))
 
 from pretrain.submit import UsageError, add_resource_arguments, resources_from_args  # noqa: E402
-from tools.launch import local, slurm  # noqa: E402
-from tools.launch.cell import Cell  # noqa: E402
-
-
-def random_config(cfg: Path) -> Path:
-    """X.yaml -> X_random.yaml; X_instant.yaml -> X_random_instant.yaml, X_instant_random.yaml or itself."""
-    stem = cfg.stem
-    candidates = [cfg.with_name(f"{stem}_random{cfg.suffix}")]
-    if stem.endswith("_instant"):
-        candidates.insert(0, cfg.with_name(f"{stem[:-len('_instant')]}_random_instant{cfg.suffix}"))
-    for c in candidates:
-        if c.is_file():
-            return c
-    if stem.endswith("_instant"):  # toy configs start from random init unless MODEL.WEIGHTS is given
-        return cfg
-    raise UsageError(f"no random-init config for {cfg} (looked for {', '.join(str(c) for c in candidates)})")
-
-
-def parse_weights(pairs: list[str], weights_dir: Path | None, random: bool) -> dict[str, Path | None]:
-    """NAME=PATH pairs and/or every .pth/.pkl in a directory (name = file stem); `random` maps to None."""
-    weights: dict[str, Path | None] = {}
-    if weights_dir is not None:
-        if not weights_dir.is_dir():
-            raise UsageError(f"weights directory not found: {weights_dir}")
-        for p in sorted(weights_dir.iterdir()):
-            if p.suffix in WEIGHT_SUFFIXES and p.is_file():
-                if p.stem == RANDOM:
-                    raise UsageError(f"{p}: 'random' is the from-scratch row and takes no weights file")
-                if p.stem in weights:
-                    raise UsageError(f"two weights files named {p.stem!r} in {weights_dir}")
-                weights[p.stem] = p.resolve()
-    for pair in pairs:
-        if pair == RANDOM:
-            random = True
-            continue
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path or "/" in name:
-            raise UsageError(f"bad --weights entry {pair!r}: expected NAME=PATH (or 'random')")
-        if name == RANDOM:
-            raise UsageError("the 'random' row takes no weights file: pass --random")
-        if not Path(path).is_file():
-            raise UsageError(f"weights file not found: {path}")
-        weights[name] = Path(path).resolve()
-    if random:
-        weights[RANDOM] = None
-    if not weights:
-        raise UsageError("no weights given: use --weights NAME=PATH, --weights-dir DIR or --random")
-    return weights
-
-
-def plan(weights: dict[str, Path | None], configs: list[Path], seeds: list[int], runs: Path) -> list[Cell]:
-    for cfg in configs:
-        if not cfg.is_file():
-            raise UsageError(f"config not found: {cfg}")
-    cells = []
-    for name, path in weights.items():
-        for cfg in configs:
-            cfg_used = random_config(cfg) if path is None else cfg
-            for seed in seeds:
-                cells.append(Cell(name, path, cfg_used, seed, runs / name / cfg_used.stem / f"seed{seed}"))
-    return cells
+from tools.launch import slurm  # noqa: E402
+from tools.launch.matrix import parse_weights, plan, run  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -154,14 +92,8 @@ def main(argv=None) -> int:
     trainer = shlex.split(args.trainer)
     todo = [c for c in cells if not c.done]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run", file=sys.stderr)
-    if args.launcher == "local":
-        # `-m transfer.train_net` must import from this checkout whatever the working directory
-        pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
-        env = dict(os.environ, PYTHONPATH=pythonpath)
-        flags = [] if args.num_gpus is None else ["--num-gpus", str(args.num_gpus)]
-        failed = local.run(todo, trainer, flags, extra, env, args.dry_run, args.jobs)
-    else:
-        failed = slurm.submit(todo, trainer, extra, res, args.launcher, args.dry_run)
+    failed = run(todo, args.launcher, trainer, extra, jobs=args.jobs, num_gpus=args.num_gpus, res=res,
+                 dry_run=args.dry_run)
     if failed:
         lines = "\n".join(f"  {c.out}" for c in failed)
         print(f"{len(failed)} of {len(todo)} cells failed:\n{lines}", file=sys.stderr)
