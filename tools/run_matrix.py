@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: tools.launch and pretrain import from this checkout
     sys.path.insert(0, str(REPO))
 
-from pretrain.submit import UsageError, add_resource_arguments, resources_from_args  # noqa: E402
+from pretrain.request import UsageError, add_resource_arguments, resources_from_args  # noqa: E402
 from tools.launch import slurm  # noqa: E402
 from tools.launch.matrix import parse_weights, plan, run  # noqa: E402
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pretrain.submit import UsageError
+from pretrain.request import UsageError
 from tools.launch import local, slurm
 from tools.launch.cell import Cell
 

@@ -16,15 +16,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from pretrain.submit import (
-    ChildJob,
-    Resources,
-    job_status,
-    job_statuses,
-    make_executor,
-    master_port,
-    write_record,
-)
+from pretrain.jobstate import job_status, job_statuses
+from pretrain.request import ActiveJob, Resources, SubmitError, submit_once
+from pretrain.submit import ChildJob, master_port
 from tools.launch.cell import Cell
 
 LOCAL = "submitit-local"
@@ -63,8 +57,9 @@ def folder(cell: Cell) -> Path:
 
 def submit(todo: list[Cell], trainer: list[str], extra: list[str], res: Resources, launcher: str,
            dry_run: bool) -> list[Cell]:
-    """Submit one job per cell (print them with dry_run); a cell whose job is queued or running is left alone.
-    submitit-local runs each job on this machine and waits for it. Returns the cells that failed."""
+    """Submit one job per cell (print them with dry_run); a cell whose job Slurm still holds (queued, running,
+    requeued, held) is left alone. submitit-local runs each job on this machine and waits for it. Returns the
+    cells that failed, those sbatch refused included."""
     failed = []
     for i, cell in enumerate(todo, 1):
         cell = replace(cell, out=cell.out.resolve(), config=cell.config.resolve())  # valid from any directory
@@ -76,15 +71,16 @@ def submit(todo: list[Cell], trainer: list[str], extra: list[str], res: Resource
                   f"  command:   {shlex.join(cell.command(trainer, flags, extra))}\n"
                   f"  output:    {cell.out}  (job records: {folder(cell)})")
             continue
-        status = job_status(folder(cell))
-        if status.active:
-            print(f"{tag} already {status.state} as job {status.job_id}: {cell.out}", file=sys.stderr)
-            continue
-        folder(cell).mkdir(parents=True, exist_ok=True)
         name = f"{cell.name}:{cell.config.stem}:seed{cell.seed}"
-        ex = make_executor(launcher, folder(cell), res, name=name)
-        sub = ex.submit(job)
-        write_record(folder(cell), sub, launcher, cell.command(trainer, [], extra), res)
+        try:
+            sub = submit_once(folder(cell), launcher, res, name, job, cell.command(trainer, [], extra))
+        except ActiveJob as e:  # Slurm still holds it: a second job would share its output folder
+            print(f"{tag} {e}: {cell.out}", file=sys.stderr)
+            continue
+        except SubmitError as e:  # one cell refused (a limit, a typo in an option) does not stop the others
+            print(f"{tag} FAILED {cell.out}: {e}", file=sys.stderr, flush=True)
+            failed.append(cell)
+            continue
         print(f"{tag} job {sub.job_id}: {cell.out}", file=sys.stderr, flush=True)
         if launcher == LOCAL:  # this machine runs it: one cell at a time, as the local launcher does
             sub.wait()
