@@ -4,20 +4,26 @@
         --config configs/pretrain/simsiam_r50_in1k_100ep.yaml --data /data/imagenet/train \\
         --output-dir /shared/runs/simsiam_r50_in1k_100ep
     python -m pretrain.submit --dry-run --nodes 2 --gpus-per-node 8 -- ...   # print the job, submit nothing
+    python -m pretrain.submit --status -- ... --output-dir OUT               # the state of OUT's last job
+    python -m pretrain.submit --gpus-per-node 0 --ntasks-per-node 4 --cpus-per-task 8 -- ...  # 4 CPU ranks
     python -m pretrain.submit --launcher submitit-local --gpus-per-node 0 -- ...  # the same job, here
 
-Everything after `--` is the usual `python -m pretrain` command line. Each Slurm task (one per GPU) runs it as
-a child process with the variables torchrun would set (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT;
-read by pretrain/distributed.py), taken from the job's environment (submitit.JobEnvironment). When Slurm
-announces the time limit or a preemption (USR2, submitit's signal), rank 0's task sends SIGTERM to its child,
-whose engine writes checkpoint.pth after the running iteration (the ranks agree on stopping at every step, so
-all stop together); submitit then requeues the job, and the requeued job resumes from checkpoint.pth exactly
-as rerunning the same command does. The output dir must be on a filesystem every node sees; the job's records
-(sbatch script, pickles, one log per task) go to OUTPUT_DIR/submitit/. The launcher `submitit-local` runs the
-same job through submitit's LocalExecutor (one node, no Slurm) and waits for it.
+Everything after `--` is the usual `python -m pretrain` command line. Each Slurm task (one per GPU, or
+--ntasks-per-node CPU ranks with gloo) runs it as a child process with the variables torchrun would set (RANK,
+LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT; read by pretrain/distributed.py), taken from the job's
+environment (submitit.JobEnvironment). When Slurm announces the time limit (USR2, submitit's signal, 90 s
+ahead), rank 0's task sends SIGTERM to its child, whose engine writes checkpoint.pth after the running
+iteration (the ranks agree on stopping at every step, so all stop together); submitit then requeues the job.
+A preemption or `scontrol requeue` sends SIGTERM to every process at once and kills them KillWait later (30 s
+by default): the engine writes its checkpoint in that window and Slurm requeues the job itself. Either way the
+requeued job resumes from checkpoint.pth exactly, as rerunning the same command does; while Slurm holds the
+job (pending, running, requeued, held), rerunning submits nothing (pretrain/jobstate.py). The output dir must
+be on a filesystem every node sees; the job's records (sbatch script, pickles, one log per task) go to
+OUTPUT_DIR/submitit/. The launcher `submitit-local` runs the same job through submitit's LocalExecutor (one
+node, no Slurm) and waits for it.
 
-The generic parts (resources, executor, child-process job, job records) are shared with tools/launch/slurm.py,
-which submits the detectron2 transfer cells the same way.
+The generic parts (resources, executor, submission: pretrain/request.py; job states: pretrain/jobstate.py;
+the child-process job, here) are shared with tools/launch/slurm.py, which submits the transfer cells.
 """
 from __future__ import annotations
 
@@ -32,7 +38,7 @@ import time
 import zlib
 from pathlib import Path
 
-from pretrain.jobstate import log_tail
+from pretrain.jobstate import job_status, log_tail
 from pretrain.request import (
     ActiveJob,
     SubmitError,
@@ -176,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--launcher", choices=LAUNCHERS, default="slurm",
                     help="slurm (default), or submitit-local: the same job through submitit's LocalExecutor")
     ap.add_argument("--dry-run", action="store_true", help="print what would be submitted; submit nothing")
+    ap.add_argument("--status", action="store_true", help="print the state of OUTPUT_DIR's last job (none, "
+                    "queued, running, finished, failed, unknown) and exit")
     add_resource_arguments(ap, "CPUs per task, i.e. per rank, for the data-loader workers (default: 10)")
     ap.add_argument("--ntasks-per-node", type=int, metavar="N",
                     help="CPU ranks per machine with --gpus-per-node 0 (gloo), mapped as GPU ranks are "
@@ -198,9 +206,14 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("one task per GPU: --ntasks-per-node is for CPU ranks (--gpus-per-node 0)")
         if args.ntasks_per_node is not None and args.ntasks_per_node < 1:
             raise UsageError(f"--ntasks-per-node must be at least 1, got {args.ntasks_per_node}")
+        folder = Path(known.output_dir).resolve() / "submitit"
+        if args.status:
+            st = job_status(folder)
+            print(f"{st.state} {known.output_dir}" + (f"  job {st.job_id}" if st.job_id else "")
+                  + (f": {st.detail}" if st.detail else ""))
+            return 0
         tasks = args.gpus_per_node or args.ntasks_per_node or 1
         res = resources_from_args(args, tasks_per_node=tasks, cpus_per_task=10)
-        folder = Path(known.output_dir).resolve() / "submitit"
         cmd = [sys.executable, "-m", "pretrain", *pretrain_args]
         if args.dry_run:
             print(f"resources: {res.describe()}\n"

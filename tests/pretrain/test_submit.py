@@ -55,8 +55,8 @@ def test_dry_run_prints_the_job(tmp_path, capsys):
             "--data", "/data/imagenet/train", "--output-dir", str(out), "workers=8"]
     assert submit.main(args) == 0
     res, cmd, output = capsys.readouterr().out.strip().splitlines()
-    assert res == ("resources: nodes=2 gpus_per_node=8 tasks_per_node=8 cpus_per_task=10 timeout_min=720 "
-                   "partition=gpu constraint=h100")
+    assert res == ("resources: nodes=2 gpus_per_node=8 tasks_per_node=8 cpus_per_task=10 mem=327680M "
+                   "timeout_min=720 partition=gpu constraint=h100")  # 4 GB per CPU: 8 ranks x 10
     assert cmd.split()[2:4] == ["-m", "pretrain"] and cmd.split("  (")[0].endswith(f"{out} workers=8")
     assert output.split()[1] == str(out.resolve()) and str(out.resolve() / "submitit") in output
     assert not out.exists()

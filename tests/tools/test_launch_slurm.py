@@ -159,28 +159,35 @@ def test_two_instant_cells_through_submitit_then_skipped(tmp_path, monkeypatch, 
     assert [line.split() for line in lines] == [["done", str(c)] for c in cells]
 
 
-# sacct as Slurm's accounting would answer for the jobs of the status test (JobID|State|NodeList)
+# squeue and sacct as Slurm would answer for the jobs of the status test: 101 pending, 102 running, 105 requeued
+# after a preemption (its first run's result file says it ended), 106 held; 103 and 104 have left the queue, and
+# accounting knows 103 timed out
+FAKE_SQUEUE = """#!/bin/sh
+printf '101|PENDING|Resources\\n102|RUNNING|None\\n105|PENDING|BeginTime\\n106|PENDING|JobHeldUser\\n'
+"""
 FAKE_SACCT = """#!/bin/sh
-printf 'JobID|State|NodeList\\n101|PENDING|None assigned\\n102|RUNNING|gpu-a17\\n102.0|RUNNING|gpu-a17\\n'
-printf '103|TIMEOUT|gpu-a18\\n'
+echo "$@" >> "$(dirname "$0")/sacct.calls"
+printf '103|TIMEOUT\\n'
 """
 
 
 def test_status_one_line_per_cell(tmp_path, monkeypatch, capsys):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "sacct").write_text(FAKE_SACCT)
-    (bin_dir / "sacct").chmod(0o755)
+    for name, text in (("squeue", FAKE_SQUEUE), ("sacct", FAKE_SACCT)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     runs = tmp_path / "runs"
     cfg = INSTANT / "coco_R_50_FPN_1x_instant.yaml"
-    seed = [runs / f"random/{cfg.stem}/seed{k}" for k in range(7)]
+    seed = [runs / f"random/{cfg.stem}/seed{k}" for k in range(9)]
     (seed[0]).mkdir(parents=True)
     (seed[0] / "results.json").write_text("{}")  # done, whatever its job says
     seed[1].mkdir()
     (seed[1] / "last_checkpoint").write_text("model_0000999.pth")  # never submitted, cut off locally
     for k, job_id, launcher in ((2, "101", "slurm"), (3, "102", "slurm"), (4, "103", "slurm"),
-                                (5, "999999999", "submitit-local"), (6, "104", "slurm")):
+                                (5, "999999999", "submitit-local"), (6, "104", "slurm"), (7, "105", "slurm"),
+                                (8, "106", "slurm")):
         jobs = seed[k] / "submitit"
         jobs.mkdir(parents=True)
         (jobs / "job.json").write_text(json.dumps({"job_id": job_id, "launcher": launcher}))
@@ -193,16 +200,23 @@ def test_status_one_line_per_cell(tmp_path, monkeypatch, capsys):
         pickle.dump(("error", "Traceback ...\nRuntimeError: exit status 1"), f)
     with open(seed[6] / "submitit/104_0_result.pkl", "wb") as f:  # finished, but no results.json
         pickle.dump(("success", 0), f)
-    args = ["--status", "--random", "--seeds", *map(str, range(7)), "--runs", str(runs),
+    with open(seed[7] / "submitit/105_0_result.pkl", "wb") as f:  # the run before Slurm requeued it
+        pickle.dump(("error", "RuntimeError: exit status -15"), f)
+    args = ["--status", "--random", "--seeds", *map(str, range(9)), "--runs", str(runs),
             "--configs", str(cfg)]
     assert run_matrix.main(args) == 0
     out = capsys.readouterr()
     lines = out.out.splitlines()
     assert [line.split()[:2] for line in lines] == [[s, str(d)] for s, d in zip(
-        ("done", "pending", "queued", "running", "failed", "failed", "failed"), seed, strict=True)]
+        ("done", "pending", "queued", "running", "failed", "failed", "failed", "queued", "queued"), seed,
+        strict=True)]
     assert lines[1].endswith("(has a checkpoint: resumes)")
-    assert lines[2].endswith("job 101") and lines[3].endswith("job 102")
+    assert lines[2].endswith("job 101: pending (Resources)") and lines[3].endswith("job 102")
     assert "job 103: TIMEOUT: slurmstepd: error: *** JOB 103 CANCELLED DUE TO TIME LIMIT ***" in lines[4]
     assert "job 999999999: FileNotFoundError: weights.pth  [log: " in lines[5]  # the trainer's line, not ours
     assert lines[6].endswith("job 104: finished without results.json")
-    assert "7 cells: 1 done, 1 pending, 1 queued, 1 running, 3 failed" in out.err
+    assert lines[7].endswith("job 105: pending (BeginTime)")  # Slurm's word, not the stale result file's
+    assert lines[8].endswith("job 106: held (JobHeldUser): `scontrol release 106` lets it run")
+    assert "9 cells: 1 done, 1 pending, 3 queued, 1 running, 3 failed" in out.err
+    # accounting is asked only about the jobs squeue no longer lists, in one call
+    assert (bin_dir / "sacct.calls").read_text().split("--jobs=")[1:] == ["103 ", "104\n"]
