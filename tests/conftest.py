@@ -1,0 +1,32 @@
+"""Tests marked `slurm` submit real jobs to a Slurm cluster: the one-node CI cluster of tools/ci/slurm_up.sh
+(partitions `cpu` and `high`, no accounting). Without it they are skipped, so `make test` needs no Slurm."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+_up: str | None = None  # the skip reason, once asked; "" when the cluster is up
+
+
+def _cluster_missing() -> str:
+    global _up
+    if _up is None:
+        _up = "no Slurm cluster up: start the CI one with `bash tools/ci/slurm_up.sh` (as root)"
+        if shutil.which("sinfo") and shutil.which("srun"):
+            try:
+                r = subprocess.run(["sinfo", "--noheader", "--format=%P %a"], capture_output=True, text=True,
+                                   timeout=20)
+                parts = {line.split()[0].rstrip("*") for line in r.stdout.splitlines() if "up" in line}
+                if r.returncode == 0 and {"cpu", "high"} <= parts:
+                    _up = ""
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+    return _up
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("slurm") is not None and _cluster_missing():
+            item.add_marker(pytest.mark.skip(reason=_cluster_missing()))
