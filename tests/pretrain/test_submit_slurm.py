@@ -1,6 +1,6 @@
 """python -m pretrain.submit against the real daemons of the CI Slurm cluster (tools/ci/slurm_up.sh:
-partitions `cpu` and `high` on one node, no accounting): two CPU ranks with gloo, a `scontrol requeue` and a real
-preemption mid-run that resume exactly with no second job on the folder, refused requests, and the states
+partitions `cpu` and `high` on one node, no accounting): two CPU ranks with gloo, a `scontrol requeue` and a
+real preemption mid-run that resume exactly with no second job on the folder, refused requests, and the states
 Slurm reports without accounting. Each job is a tiny 12-iteration run."""
 from __future__ import annotations
 
