@@ -9,10 +9,13 @@ folder cannot both pass the check.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
+import io
 import os
 import shlex
 import shutil
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -179,8 +182,11 @@ def submit_once(folder: Path, launcher: str, res: Resources, name: str, job, rec
         if status.active:
             raise ActiveJob(status)
         before = set(folder.iterdir())
+        said = io.StringIO()
         try:
-            sub = make_executor(launcher, folder, res, name).submit(job)
+            # submitit prints sbatch's stderr itself when sbatch fails: kept for the one line below instead
+            with contextlib.redirect_stderr(said):
+                sub = make_executor(launcher, folder, res, name).submit(job)
         except (FailedJobError, FailedSubmissionError, OSError) as e:
             for p in set(folder.iterdir()) - before:
                 if p.is_file():
@@ -191,5 +197,6 @@ def submit_once(folder: Path, launcher: str, res: Resources, name: str, job, rec
                     if d.exists() and not any(d.iterdir()):
                         d.rmdir()
             raise SubmitError(f"sbatch refused the job: {_refusal(e)}") from e
+        sys.stderr.write(said.getvalue())  # whatever a successful submission had to say
         write_record(folder, sub, launcher, record_cmd, res)
     return sub
