@@ -42,3 +42,19 @@ def start_now(job_id: str) -> None:
     update StartTime=now` lets it go at once, which keeps the tests short and changes nothing else."""
     wait_for(lambda: slurm_state(job_id) == "PENDING", f"job {job_id} to be pending again", 120)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
+
+
+def cancel_jobs_under(folder) -> None:
+    """scancel every job whose record lies under `folder`: a failed test must not leave jobs running on the
+    CI cluster for the next one."""
+    import json
+    from pathlib import Path
+
+    ids = []
+    for record in Path(folder).rglob("job.json"):
+        try:
+            ids.append(json.loads(record.read_text())["job_id"])
+        except (OSError, ValueError, KeyError):
+            continue
+    if ids:
+        subprocess.run(["scancel", *ids], capture_output=True, timeout=30)

@@ -12,13 +12,19 @@ import pytest
 
 from pretrain import jobstate, submit
 from tests.pretrain.conftest import TINY
-from tests.slurm_cluster import jobs_named, slurm_state, start_now, wait_ended, wait_for
+from tests.slurm_cluster import cancel_jobs_under, jobs_named, slurm_state, start_now, wait_ended, wait_for
 
 pytestmark = pytest.mark.slurm
 RUN = [*TINY, "epochs=3"]  # 16 images / batch 4: 12 iterations, every one logged
 ITERATIONS = 12
 TWO_RANKS = ["--gpus-per-node", "0", "--ntasks-per-node", "2", "--cpus-per-task", "1", "--mem", "2G",
              "--timeout-min", "10", "--partition", "cpu"]  # both ranks fill the 2-CPU CI node
+
+
+@pytest.fixture(autouse=True)
+def no_jobs_left(tmp_path):
+    yield
+    cancel_jobs_under(tmp_path)
 
 
 def _submit(capsys, image_dir: Path, out: Path, *extra: str) -> tuple[int, str, str]:

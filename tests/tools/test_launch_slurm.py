@@ -159,9 +159,9 @@ def test_two_instant_cells_through_submitit_then_skipped(tmp_path, monkeypatch, 
     assert [line.split() for line in lines] == [["done", str(c)] for c in cells]
 
 
-# squeue and sacct as Slurm would answer for the jobs of the status test: 101 pending, 102 running, 105 requeued
-# after a preemption (its first run's result file says it ended), 106 held; 103 and 104 have left the queue, and
-# accounting knows 103 timed out
+# squeue and sacct as Slurm would answer for the jobs of the status test: 101 pending, 102 running, 105
+# requeued after a preemption (its first run's result file says it ended), 106 held; 103 and 104 have left the
+# queue, and accounting knows 103 timed out
 FAKE_SQUEUE = """#!/bin/sh
 printf '101|PENDING|Resources\\n102|RUNNING|None\\n105|PENDING|BeginTime\\n106|PENDING|JobHeldUser\\n'
 """
