@@ -128,3 +128,67 @@ def test_preempted_job_is_requeued_and_resumes_exactly(image_dir, tmp_path, monk
     losses = [r["loss"] for r in rows]
     ref = [json.loads(line)["loss"] for line in (reference / "log.jsonl").read_text().splitlines()]
     assert losses == ref  # bit-identical on CPU with a fixed seed, as an uninterrupted run
+
+
+def _fake_slurm(tmp_path: Path, monkeypatch, **scripts: str) -> None:
+    """Slurm's client commands as shell scripts on PATH (srun only has to exist)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name, text in {"srun": "exit 0", **scripts}.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{text}\n")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+
+
+# sinfo on a GPU cluster: a default partition of two kinds of machines, a small debug partition
+FAKE_SINFO = """printf 'gpu*|64|515000|gpu:a100:4(S:0-1)|2-00:00:00|6\\n'
+printf 'gpu*|128|1031000|gpu:a100:8(S:0-1)|2-00:00:00|2\\n'
+printf 'debug|8|64000|(null)|30:00|1\\n'"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--gpus-per-node", "8", "--nodes", "3"], "submitted"),
+    (["--gpus-per-node", "8", "--cpus-per-task", "17"], "8 task(s) x 17 CPUs = 136 CPUs per machine"),
+    (["--gpus-per-node", "8", "--timeout-min", "2881"], "partition gpu's time limit is 2880 min"),
+    (["--gpus-per-node", "8", "--mem-per-gpu", "200G"], "1638400 MB of memory per machine"),
+    (["--partition", "debug", "--gpus-per-node", "1", "--cpus-per-task", "4"],
+     "partition debug's machines have no GPUs"),
+    (["--partition", "debug", "--gpus-per-node", "0", "--cpus-per-task", "4", "--timeout-min", "31"],
+     "time limit is 30 min"),
+    (["--partition", "gpus", "--gpus-per-node", "8"], "partition 'gpus' does not exist (sinfo lists: debug,"),
+    (["--gpus-per-node", "8", "--mem", "lots"], "--mem: bad memory size 'lots'"),
+], ids=["fits", "cpus", "time", "mem", "no-gres", "short-partition", "typo", "bad-mem"])
+def test_request_checked_against_the_partition_before_submission(tmp_path, monkeypatch, capsys, args,
+                                                                   message):
+    """A request sbatch would accept but no machine can ever run is refused before anything is written; one
+    that fits goes on to sbatch (here a stand-in that records the script)."""
+    sbatch = 'cp "$1" "$(dirname "$0")/job.sh"; echo "Submitted batch job 77"'
+    _fake_slurm(tmp_path, monkeypatch, sinfo=FAKE_SINFO, sbatch=sbatch,
+                squeue="echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1")
+    out = tmp_path / "run"
+    rc = submit.main([*args, "--", "--data", "D", "--output-dir", str(out)])
+    cap = capsys.readouterr()
+    if message == "submitted":  # 3 machines: the partition has 8 (its largest have 8 GPUs)
+        assert rc == 0 and cap.out.startswith("submitted job 77: nodes=3 gpus_per_node=8 tasks_per_node=8 "
+                                              "cpus_per_task=10 mem=327680M")
+        script = (tmp_path / "bin/job.sh").read_text()
+        assert "#SBATCH --mem=327680M" in script and "export SLURM_EXPORT_ENV=ALL" in script
+        assert json.loads((out / "submitit/job.json").read_text())["job_id"] == "77"
+        return
+    assert rc == 2 and cap.err.startswith("error: ") and message in cap.err, cap.err
+    assert len(cap.err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_controller_that_does_not_answer_blocks_submission(tmp_path, monkeypatch, capsys):
+    """squeue failing is no evidence that the job ended: the folder's job is 'unknown', nothing is submitted,
+    and the message says why rather than advising to delete the record."""
+    _fake_slurm(tmp_path, monkeypatch, sinfo=FAKE_SINFO, sbatch="echo 'Submitted batch job 78'",
+                squeue="echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1")
+    out = tmp_path / "run"
+    (out / "submitit").mkdir(parents=True)
+    (out / "submitit/job.json").write_text(json.dumps({"job_id": "41", "launcher": "slurm"}))
+    rc = submit.main(["--gpus-per-node", "8", "--", "--data", "D", "--output-dir", str(out)])
+    err = capsys.readouterr().err
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "job 41 is already unknown (squeue did not answer: is slurmctld up?" in err and "remove" not in err
+    assert json.loads((out / "submitit/job.json").read_text())["job_id"] == "41"
