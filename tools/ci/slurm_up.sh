@@ -15,7 +15,7 @@ CONF=/etc/slurm/slurm.conf
 MARK="# written by fastsiam tools/ci/slurm_up.sh"
 
 stop() {
-    local name pid
+    local name pid stopped=()
     for name in slurmd slurmctld munged; do
         [ -f "$RUN/$name.pid" ] || continue
         pid=$(cat "$RUN/$name.pid")
@@ -23,10 +23,11 @@ stop() {
         if [ -n "$pid" ] && grep -q "$name" "/proc/$pid/comm" 2>/dev/null; then
             kill "$pid"
             for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            stopped+=("$name")
         fi
         rm -f "$RUN/$name.pid"
     done
-    echo "slurm: stopped"
+    echo "slurm: stopped ${stopped[*]:-nothing (no daemon of ours was running)}"
 }
 
 if [ "${1:-}" = "--stop" ]; then
@@ -94,7 +95,8 @@ EOF
 [ -s /etc/munge/munge.key ] || { dd if=/dev/urandom bs=1 count=1024 of=/etc/munge/munge.key 2>/dev/null;
                                  chmod 400 /etc/munge/munge.key; }
 if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    munged --force --pid-file="$RUN/munged.pid"
+    # its warnings (log-folder ownership in a container) go to its log, not the status line
+    munged --force --pid-file="$RUN/munged.pid" --log-file="$RUN/munged.log" 2>>"$RUN/munged.log"
 fi
 slurmctld
 slurmd
