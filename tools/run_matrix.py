@@ -16,9 +16,10 @@ Each cell runs
 A cell whose results.json exists is skipped, so an interrupted matrix resumes where it stopped; a cell cut off
 mid-training (OUTPUT_DIR/last_checkpoint exists) restarts with --resume. --launcher local (the default) runs
 the cells one after another here (--jobs N: N side by side, e.g. one per CPU core); --launcher slurm submits
-one Slurm job per cell through submitit and returns
-(a cell whose job is queued or running is not submitted twice; a preempted or timed-out job is requeued and
-resumes); --launcher submitit-local runs the same jobs through submitit's LocalExecutor here (tools/launch/).
+one Slurm job per cell through submitit and returns (a cell whose job Slurm still holds, pending, running,
+requeued or held, is not submitted twice; a preempted or timed-out job is requeued and resumes; a request no
+machine of the partition could run is refused before submission); --launcher submitit-local runs the same
+jobs through submitit's LocalExecutor here (tools/launch/).
 The `random` row trains from scratch with each protocol's `_random` config and MODEL.WEIGHTS "" (an `_instant`
 config without a `_random` twin is itself random-init unless given weights, so it serves as its own twin). A
 failed cell does not stop the others; the exit status is 1 if any failed.
