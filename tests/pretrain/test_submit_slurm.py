@@ -109,6 +109,30 @@ def test_scontrol_requeue_mid_run_resumes_exactly_without_a_second_job(reference
     _check_resumed_exactly(out, reference)
 
 
+def test_cancelled_mid_run_reads_failed_and_a_rerun_resumes_exactly(reference, image_dir, tmp_path,
+                                                                    monkeypatch, capsys):
+    """scancel: SIGTERM, checkpoint, the job ends CANCELLED (not 'finished', though the trainer exited 0):
+    Slurm no longer holds it, so the same command submits a new job, which resumes where it stopped."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "cancelled"
+    rc, stdout, err = _submit(capsys, image_dir, out)
+    assert rc == 0, err
+    first = _job_id(stdout)
+    wait_for(lambda: len(_rows(out)) >= 2, "two iterations")
+    assert len(_rows(out)) < ITERATIONS - 2, "the run ended before it could be cancelled"
+    subprocess.run(["scancel", first], check=True, timeout=30)
+    assert wait_ended(first) == "CANCELLED"
+    line = _status(capsys, out)
+    assert line.startswith(f"failed {out}  job {first}: CANCELLED: "), line
+    rc, stdout, err = _submit(capsys, image_dir, out)
+    assert rc == 0, err
+    second = _job_id(stdout)
+    assert second != first and wait_ended(second) == "COMPLETED"
+    assert json.loads((out / "submitit/job.json").read_text())["previous_jobs"] == [first]
+    assert _status(capsys, out) == f"finished {out}  job {second}"
+    _check_resumed_exactly(out, reference)
+
+
 def test_preemption_by_the_high_partition_resumes_exactly(reference, image_dir, tmp_path, monkeypatch,
                                                            capsys):
     out = tmp_path / "preempted"
