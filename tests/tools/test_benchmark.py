@@ -192,6 +192,19 @@ def test_failed_cells_are_missing_and_exit_1(cli, monkeypatch, capsys):
     assert (cli["runs"] / "benchmark.json").is_file()
 
 
+def test_one_table_per_config(cli, capsys):
+    keypoint = REPO / "configs/transfer/instant/keypoint_R_50_FPN_1x_instant.yaml"
+    args = cli["base"] + ["--config", str(INSTANT), str(keypoint), "--seeds", "0"]  # the last ones win
+    assert benchmark.main(args) == 0
+    out, _ = capsys.readouterr()
+    assert len(calls(cli["log"])) == 3 * 2
+    assert out.count("| Weights |") == 2 and "## coco_R_50_FPN_1x_instant" in out
+    assert "## keypoint_R_50_FPN_1x_instant" in out
+    doc = json.loads((cli["runs"] / "benchmark.json").read_text())
+    assert [Path(t["config"]).name for t in doc["tables"]] == [INSTANT.name, keypoint.name]
+    assert (cli["runs"] / "mine/keypoint_R_50_FPN_1x_instant/seed0/results.json").is_file()
+
+
 def test_status_and_dry_run_run_nothing(cli, capsys):
     assert benchmark.main(cli["base"] + ["--dry-run"]) == 0
     out, _ = capsys.readouterr()
