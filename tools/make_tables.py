@@ -117,11 +117,12 @@ def own_data_tables(paper: dict, runs: list[Run]) -> list[tuple[dict, list[Line]
                    for p in t["protocols"]}
     groups: dict[tuple, list[Run]] = {}
     for r in runs:
-        groups.setdefault((r.protocol, r.data.identity), []).append(r)
-    order = {p: i for i, p in enumerate(by_protocol)}
+        if r.protocol in by_protocol:  # every protocol of a Table 5 column is also in Tables 1-4
+            groups.setdefault((r.protocol, r.data.identity), []).append(r)
+    order = {p: i for i, p in enumerate(p for t in paper["tables"] for p in t["protocols"])}  # Table 1 first
     out = []
-    for i, (protocol, _) in enumerate(sorted(groups, key=lambda k: order.get(k[0], len(order))), 1):
-        mine = groups[(protocol, _)]
+    for i, key in enumerate(sorted(groups, key=lambda k: order[k[0]]), 1):  # stable: runs' order within
+        protocol, mine = key[0], groups[key]
         data = mine[0].data
         table = {"id": f"own{i}", "own": True, "protocols": [protocol], "rows": [], "data": data,
                  "columns": by_protocol[protocol]["columns"],
