@@ -14,7 +14,9 @@ matplotlib.use("Agg")  # figures are files; never open a window (CI, SSH)
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-from tools.make_tables import Run, Stat, load_paper, load_runs, stat  # noqa: E402
+from tools.results.paper import load_paper  # noqa: E402
+from tools.results.runs import Run, load_runs  # noqa: E402
+from tools.results.stats import Stat, stat  # noqa: E402
 
 # task and metric plotted for each protocol unless --metric says otherwise (the paper's headline column)
 DEFAULT_METRIC = {"coco_R_50_FPN_1x": "bbox/AP", "coco_R_50_C4_1x": "bbox/AP",
