@@ -99,7 +99,13 @@ def metric_for(protocol: str, metric: str | None) -> tuple[str, str]:
 def runs_for(runs_dir: Path) -> list[Run]:
     if not runs_dir.is_dir():
         raise UsageError(f"runs directory not found: {runs_dir}")
-    return load_runs(runs_dir, load_paper())
+    # beside the paper's points only runs on the paper's data (builtin COCO/Cityscapes splits), as the tables
+    runs = load_runs(runs_dir, load_paper())
+    others = [r for r in runs if not r.data.builtin]
+    if others:
+        print(f"leaving out {len(others)} runs on other data (make_tables shows them in tables of their own), "
+              f"first: {others[0].path}", file=sys.stderr)
+    return [r for r in runs if r.data.builtin]
 
 
 def downstream(runs: list[Run], weights: str, protocol: str, task: str, name: str, toy: bool) -> Stat | None:

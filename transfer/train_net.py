@@ -405,7 +405,10 @@ def main(args):
         write_results(cfg, results)
         return results
     except (SetupError, DatasetError, WeightsError) as e:
-        print(f"error: {datasets.one_line(e)}", file=sys.stderr)
+        line = datasets.one_line(e)
+        if isinstance(e, DatasetError) and "README" not in line:  # every data error names its README section
+            line += f" ({datasets.README_OWN_DATA})"
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -235,6 +235,14 @@ def test_caffe2_imagenet_trains_with_the_msra_twin(cli, capsys):
                        "random": str(REPO / "configs/transfer/coco_R_50_FPN_1x_random.yaml")}
 
 
+def other_categories(tmp: Path) -> Path:
+    """A test json whose category is another than the training json's: refused once, before any cell."""
+    path = tmp / "other.json"
+    coco_json(path, 2)
+    path.write_text(path.read_text().replace('"name": "thing"', '"name": "other"'))
+    return path
+
+
 def replace(args: list[str], flag: str, value: str | None) -> list[str]:
     """args with flag's value replaced (value None: flag and its value removed)."""
     i = args.index(flag)
@@ -253,10 +261,13 @@ def replace(args: list[str], flag: str, value: str | None) -> list[str]:
     (lambda a, t: replace(a, "--config", str(REPO / "configs/transfer/msra/coco_R_50_FPN_1x.yaml")),
      "is an msra/ twin"),
     (lambda a, t: replace(a, "--imagenet", str(caffe2_pth(t / "msra.pth"))), "msra/coco_R_50_FPN_1x_instant"),
+    (lambda a, t: replace(a, "--test", f"{other_categories(t)}:{t / 'val'}"),
+     "class 0 is id 1 'other' there and id 1 'thing' here"),
     (lambda a, t: a + ["--jobs", "0"], "--jobs must be at least 1"),
     (lambda a, t: a + ["--seeds", "1", "1"], "--seeds repeats"),
 ], ids=["bad-spec", "missing-json", "missing-image-dir", "missing-weights", "missing-imagenet", "no-weights",
-        "imagenet-as-weights", "missing-config", "msra-config", "caffe2-without-twin", "jobs", "seeds"])
+        "imagenet-as-weights", "missing-config", "msra-config", "caffe2-without-twin", "categories", "jobs",
+        "seeds"])
 def test_bad_input_exits_2_before_training(cli, capsys, change, message):
     assert benchmark.main(change(list(cli["base"]), cli["tmp"])) == 2
     err = capsys.readouterr().err

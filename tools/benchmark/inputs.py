@@ -9,6 +9,8 @@ from pathlib import Path
 
 from pretrain.submit import UsageError
 from tools.launch.matrix import RANDOM, parse_weights
+from transfer import annotations, data_checks
+from transfer.annotations import DatasetError
 
 IMAGENET = "imagenet"
 DATA_FILE = "benchmark_data.json"  # RUNS/benchmark_data.json: the data RUNS was filled with
@@ -40,7 +42,26 @@ def parse_data(train: list[str], test: list[str]) -> dict:
                 raise UsageError(f"--{split} {spec}: image directory not found: {m['image_dir']}")
             data[split].append({"name": f"bench_{split}_{i}", "json_file": str(json_file),
                                 "image_root": str(image_dir), "sha256": sha256(json_file)})
+    check_files(data)
     return data
+
+
+def check_files(data: dict) -> None:
+    """The checks every cell's trainer would make of the files alone (transfer.annotations: the format, and
+    every set's categories equal to the first training set's), once, before any cell starts: otherwise each
+    cell would fail on them in turn. The checks that depend on the config (masks, keypoints) stay the
+    trainer's."""
+    summaries = []
+    for split in ("train", "test"):
+        for d in data[split]:
+            try:
+                ann, digest = annotations.read(d["json_file"])
+                summaries.append(annotations.summarize(d["name"], d["json_file"], d["image_root"], ann,
+                                                       digest))
+                role = "training set" if split == "train" else "test set"
+                data_checks.check_categories(summaries[0], summaries[-1], role)
+            except DatasetError as e:
+                raise UsageError(f"--{split} {d['json_file']}: {e}") from None
 
 
 def trainer_flags(data: dict) -> list[str]:

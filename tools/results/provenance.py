@@ -77,7 +77,10 @@ def _dataset(d) -> Dataset:
         raise ValueError("a dataset entry without a name")
     ints = {k: d.get(k) if isinstance(d.get(k), int) and not isinstance(d.get(k), bool) else None
             for k in ("images", "classes")}
-    return Dataset(d["name"], d.get("builtin") is True, d.get("json_file"), d.get("image_root"),
+    # the trainer marks every split it did not read from --dataset-* builtin (an LVIS split too): only the
+    # paper's splits count as the paper's data
+    builtin = d.get("builtin") is True and d["name"] in BUILTIN
+    return Dataset(d["name"], builtin, d.get("json_file"), d.get("image_root"),
                    d.get("sha256"), **ints)
 
 
