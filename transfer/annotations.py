@@ -139,9 +139,9 @@ def summarize(name: str, json_file: str, image_root: str, data: dict, sha256: st
                     for img in images.values()]
     counts = _Counts()
     annotated, seen = set(), set()
-    for a in data["annotations"]:
-        aid = a.get("id") if isinstance(a, dict) else None
-        where = f"annotation id {aid}"
+
+    def check(a, aid, where: str) -> None:
+        """One annotation: raise on what would crash, count what would skew AP, tally its mask kind."""
         if aid in seen:  # detectron2's loader asserts unique ids
             raise DatasetError(f"{json_file}: {where} appears twice; annotation ids must be unique")
         seen.add(aid)
@@ -158,7 +158,7 @@ def summarize(name: str, json_file: str, image_root: str, data: dict, sha256: st
         img = images.get(a.get("image_id"))
         if img is None:
             counts.add("orphan", where)
-            continue
+            return
         annotated.add(img["id"])
         crowd = a.get("iscrowd")
         if crowd is None:
@@ -201,6 +201,15 @@ def summarize(name: str, json_file: str, image_root: str, data: dict, sha256: st
             counts.add("no_area", where)
         elif w > 0 and h > 0 and not 0 < area <= 1.05 * w * h + 1:  # a mask lies inside its box
             counts.add("bad_area", f"{where} (area {area:g}, box {w:g}x{h:g})")
+
+    for a in data["annotations"]:
+        aid = a.get("id") if isinstance(a, dict) else None
+        where = f"annotation id {aid}"
+        try:
+            check(a, aid, where)
+        except (TypeError, ValueError, AttributeError) as e:  # a field of the wrong type (a string box, ...)
+            raise DatasetError(f"{json_file}: {where}: a field has the wrong type "
+                               f"({type(e).__name__}: {e})") from None
     for kind, text in WARNINGS.items():
         if kind in counts.n:
             s.warnings.append(f"{counts.n[kind]} of {len(data['annotations'])} annotations {text}; first: "

@@ -313,3 +313,20 @@ def test_real_named_keypoints(train_net, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(_json(tmp_path / "out" / "results.json")) == {"bbox", "keypoints"}
     assert "NUM_KEYPOINTS: 7" in (tmp_path / "out" / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("bbox", ["1", "2", "3", "4"], "a field has the wrong type"),
+    ("area", "big", "a field has the wrong type"),
+    ("segmentation", "polygon", "neither a list of polygons nor an RLE dict"),
+    ("id", [1], "a field has the wrong type"),
+])
+def test_fields_of_the_wrong_type_are_one_line(tmp_path, field, value, message):
+    from transfer import annotations
+    from transfer.datasets import DatasetError
+
+    json_file, images = coco_files.write(tmp_path / "w", n_images=2, exif=None, png_modes=False)
+    data = _json(json_file)
+    data["annotations"][0][field] = value
+    with pytest.raises(DatasetError, match=f"annotation id .*{message}"):
+        annotations.summarize("wrong", json_file, images, data, "0")
