@@ -22,7 +22,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools` importable
 
-from tools.make_tables import load_paper  # noqa: E402
 from tools.plotting import (  # noqa: E402
     PAPER_PANELS,
     UsageError,
@@ -36,6 +35,7 @@ from tools.plotting import (  # noqa: E402
     save_figure,
     scores_by,
 )
+from tools.results.paper import load_paper  # noqa: E402
 
 FASTSIAM_VIEWS = 4  # one FastSiam epoch = one pass over the data with 4 views per image
 

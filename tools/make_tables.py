@@ -14,6 +14,12 @@ rows are labelled "1x, paper is 2x" and get no difference (the paper's Table 4 i
 `_instant` configs are marked as toy runs. A null metric (train_net writes NaN, e.g. an AP with no detections,
 as null) is missing for that seed. The paper's numbers live in tools/paper_tables.json.
 
+Only runs on the paper's data go into Tables 1-5: those whose every train and test dataset is a detectron2
+builtin split (COCO 2017, COCO 2017 keypoints, Cityscapes), as the run's provenance.json says (written by
+transfer.train_net; for older runs, the dataset names in detectron2's config.yaml). Runs on other data, or
+whose data is not recorded, get a table of their own per protocol and dataset ("Transfer on your own data:
+PROTOCOL (train: NAME [N images, sha256 ...], test: ...)"), with the protocol's columns and no paper values.
+
 CSV is long-format, one line per (table, row, column), so a spreadsheet can pivot it.
 """
 from __future__ import annotations
@@ -21,44 +27,19 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
-import math
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PAPER_FILE = Path(__file__).with_name("paper_tables.json")
-MISSING = "-"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools` importable
+
+from tools.results.output import write_atomic  # noqa: E402
+from tools.results.paper import load_paper  # noqa: E402
+from tools.results.runs import Run, base_stem, load_runs  # noqa: E402,F401  (base_stem: older callers)
+from tools.results.stats import MISSING, fmt_stat, stat  # noqa: E402
+
 BATCH_ABLATION = re.compile(r"_bs\d+$")  # other weights names that belong in Table 5
-
-
-@dataclass
-class Run:
-    weights: str
-    protocol: str  # config stem without _random/_instant
-    toy: bool  # from an `_instant` config
-    path: Path
-    results: dict  # task -> metric -> value
-
-
-@dataclass
-class Stat:
-    values: list[float]
-
-    @property
-    def mean(self) -> float:
-        return sum(self.values) / len(self.values)
-
-    @property
-    def std(self) -> float | None:
-        """Sample std (n - 1), as seed-to-seed spread is usually reported; written out so NaN propagates."""
-        if len(self.values) < 2:
-            return None
-        m = self.mean
-        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (len(self.values) - 1))
 
 
 @dataclass
@@ -72,66 +53,6 @@ class Line:
     protocol: str = ""
     toy: bool = False
     paper: list = field(default_factory=list)  # the paper values a measured line is compared with
-
-
-def load_paper(path: Path = PAPER_FILE) -> dict:
-    with open(path) as f:
-        return json.load(f)
-
-
-def base_stem(stem: str) -> tuple[str, bool]:
-    """coco_R_50_FPN_1x_random_instant -> ("coco_R_50_FPN_1x", toy=True)."""
-    toy = False
-    while True:
-        if stem.endswith("_instant"):
-            stem, toy = stem[: -len("_instant")], True
-        elif stem.endswith("_random"):
-            stem = stem[: -len("_random")]
-        else:
-            return stem, toy
-
-
-def known_protocols(paper: dict) -> set[str]:
-    out = set()
-    for t in paper["tables"]:
-        out.update(t["protocols"])
-        out.update(c["protocol"] for c in t["columns"] if "protocol" in c)
-    return out
-
-
-def load_runs(runs_dir: Path, paper: dict, warn=lambda msg: print(msg, file=sys.stderr)) -> list[Run]:
-    """Every results.json under runs_dir; unparsable or misplaced files are reported by path and skipped."""
-    protocols = known_protocols(paper)
-    runs = []
-    for path in sorted(runs_dir.rglob("results.json")):
-        parts = path.relative_to(runs_dir).parts
-        if len(parts) not in (3, 4) or (len(parts) == 4 and not re.fullmatch(r"seed\d+", parts[2])):
-            warn(f"skipping {path}: expected RUNS_DIR/<weights>/<config-stem>/[seed<k>/]results.json")
-            continue
-        protocol, toy = base_stem(parts[1])
-        if protocol not in protocols:
-            warn(f"skipping {path}: config stem {parts[1]!r} belongs to no table")
-            continue
-        try:
-            with open(path) as f:
-                results = json.load(f)
-            if not isinstance(results, dict) or not all(isinstance(v, dict) for v in results.values()):
-                raise ValueError("not a task -> metric -> value mapping")
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            warn(f"skipping unparsable {path}: {e}")
-            continue
-        runs.append(Run(parts[0], protocol, toy, path, results))
-    return runs
-
-
-def metric(run: Run, task: str, name: str) -> float | None:
-    v = run.results.get(task, {}).get(name)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def stat(runs: list[Run], task: str, name: str) -> Stat | None:
-    values = [v for v in (metric(r, task, name) for r in runs) if v is not None]
-    return Stat(values) if values else None
 
 
 def measured_lines(paper_row: dict | None, groups: dict, cols: list, table: dict) -> list[Line]:
@@ -189,18 +110,40 @@ def build_table(table: dict, runs: list[Run]) -> list[Line]:
     return lines
 
 
+def own_data_tables(paper: dict, runs: list[Run]) -> list[tuple[dict, list[Line]]]:
+    """Runs on data other than the paper's builtin splits (or whose data is not recorded): one table per
+    (protocol, data), with the columns of the protocol's paper table and none of its rows, caption or note."""
+    by_protocol = {p: t for t in reversed(paper["tables"]) if "protocol" not in t["columns"][0]
+                   for p in t["protocols"]}
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        if r.protocol in by_protocol:  # every protocol of a Table 5 column is also in Tables 1-4
+            groups.setdefault((r.protocol, r.data.identity), []).append(r)
+    order = {p: i for i, p in enumerate(p for t in paper["tables"] for p in t["protocols"])}  # Table 1 first
+    out = []
+    for i, key in enumerate(sorted(groups, key=lambda k: order[k[0]]), 1):  # stable: runs' order within
+        protocol, mine = key[0], groups[key]
+        data = mine[0].data
+        table = {"id": f"own{i}", "own": True, "protocols": [protocol], "rows": [], "data": data,
+                 "columns": by_protocol[protocol]["columns"],
+                 "title": f"Transfer on your own data: {protocol} ({data.describe()})"}
+        runs_by = {}
+        for r in mine:
+            runs_by.setdefault((r.weights, protocol, r.toy), []).append(r)
+        keys = sorted(runs_by, key=lambda k: (k[2], k[0]))
+        out.append((table, measured_lines(None, {k: runs_by[k] for k in keys}, table["columns"], table)))
+    return out
+
+
 def build_tables(paper: dict, runs: list[Run]) -> list[tuple[dict, list[Line]]]:
-    return [(t, build_table(t, runs)) for t in paper["tables"]]
+    """The paper's Tables 1-5 with the runs on its data (detectron2's builtin splits), then a table of its own
+    for each protocol and dataset of the other runs: they are never shown under the paper's captions."""
+    builtin = [r for r in runs if r.data.builtin]
+    return [(t, build_table(t, builtin)) for t in paper["tables"]] + \
+        own_data_tables(paper, [r for r in runs if not r.data.builtin])
 
 
 # ---------------------------------------------------------------- formatting
-def fmt_stat(s: Stat | None, n: int | None, d: int) -> str:
-    if s is None:
-        return MISSING
-    out = f"{s.mean:.{d}f}" + (f" ± {s.std:.{d + 1}f}" if s.std is not None else "")
-    return out + (f" (n={len(s.values)})" if n is not None and len(s.values) != n else "")
-
-
 def fmt_cell(line: Line, i: int, d: int) -> str:
     v = line.cells[i]
     if line.kind == "measured":
@@ -210,30 +153,47 @@ def fmt_cell(line: Line, i: int, d: int) -> str:
     return f"{v:+.{d}f}" if line.kind == "diff" else f"{v:.{d}f}"
 
 
+def meta_keys(table: dict) -> list[str]:
+    """The paper rows' epoch/batch[/views] columns; an own-data table has no paper rows, so none."""
+    if table.get("own"):
+        return []
+    return ["epoch", "batch"] + (["views"] if "views" in table["rows"][0] else [])
+
+
 def row_texts(table: dict, line: Line, d: int) -> list[str]:
-    nmeta = 3 if "views" in table["rows"][0] else 2
-    meta = [MISSING if v is None else str(v) for v in line.meta] or [""] * nmeta
+    meta = [MISSING if v is None else str(v) for v in line.meta] or [""] * len(meta_keys(table))
     measured = line.label + (" [toy]" if line.toy else "")
     source = {"paper": "paper", "diff": "Δ vs paper"}.get(line.kind, measured)
-    label = line.label if line.kind == "paper" else ""
+    label = [] if table.get("own") else [line.label if line.kind == "paper" else ""]
     n = "" if line.n is None else str(line.n)
-    return [label, *meta, source, n] + [fmt_cell(line, i, d) for i in range(len(table["columns"]))]
+    return [*label, *meta, source, n] + [fmt_cell(line, i, d) for i in range(len(table["columns"]))]
 
 
 def headers(table: dict) -> list[str]:
-    meta = ["Epoch", "Batch"] + (["Views"] if "views" in table["rows"][0] else [])
-    return ["Method", *meta, "Source", "n"] + [c["label"] for c in table["columns"]]
+    cols = [c["label"] for c in table["columns"]]
+    if table.get("own"):
+        return ["Weights", "n", *cols]
+    return ["Method", *[k.capitalize() for k in meta_keys(table)], "Source", "n", *cols]
 
 
 def caption(table: dict, lines: list[Line]) -> tuple[str, list[str]]:
     notes = []
+    toy = "TOY RUN: rows marked [toy] come from `_instant` configs"
+    if table.get("own"):
+        notes.append(f"Protocol: {table['protocols'][0]}. Not the paper's data, so no paper values: compare "
+                     "these rows with each other only.")
+        for split, sets in (("train", table["data"].train), ("test", table["data"].test)):
+            notes += [f"{split} {ds.name}: {ds.json_file}, sha256 {ds.sha256}" for ds in sets if ds.json_file]
+        if any(line.toy for line in lines):
+            notes.append(toy + ".")
+        return table["title"], notes
     if table["protocols"]:
         notes.append("Protocol: " + ", ".join(table["protocols"]) + " (the first is the paper's).")
     else:
         notes.append("Columns: " + ", ".join(f"{c['label']} = {c['protocol']} {c['task']} {c['metric']}"
                                              for c in table["columns"]) + ".")
     if any(line.toy for line in lines):
-        notes.append("TOY RUN: rows marked [toy] come from `_instant` configs, not comparable to the paper.")
+        notes.append(toy + ", not comparable to the paper.")
     notes.append("Paper values: " + table["note"])
     return f"Table {table['id']}. {table['title']}", notes
 
@@ -280,9 +240,10 @@ def to_csv(tables: list, d: int) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["table", "row", "method", "epoch", "batch", "views", "weights", "protocol", "toy", "n",
-                "column", "paper", "mean", "std", "count", "diff"])
+                "column", "paper", "mean", "std", "count", "diff", "data"])
     for table, lines in tables:
         method = ""
+        data = table["data"].describe() if table.get("own") else ""  # "" : the paper's builtin splits
         for line in lines:
             if line.kind == "paper":
                 method, meta = line.label, line.meta + [None] * (3 - len(line.meta))
@@ -293,27 +254,15 @@ def to_csv(tables: list, d: int) -> str:
                 num = lambda v: "" if v is None else round(v, 6)  # noqa: E731
                 if line.kind == "paper":
                     w.writerow([table["id"], "paper", method, *map(num, meta), "", "", "", "", col["label"],
-                                num(c), "", "", "", ""])
+                                num(c), "", "", "", "", ""])
                     continue
                 p = line.paper[i] if line.paper else None
                 protocol = line.protocol or col.get("protocol", "")
                 w.writerow([table["id"], "measured", method if line.paper else "", "", "", "", line.weights,
                             protocol, int(line.toy), line.n, col["label"], num(p), num(c.mean if c else None),
                             num(c.std if c else None), len(c.values) if c else 0,
-                            num(c.mean - p if c and p is not None else None)])
+                            num(c.mean - p if c and p is not None else None), data])
     return buf.getvalue()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file next to `path`, then rename: a crash never leaves half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main(argv=None) -> int:

@@ -14,7 +14,9 @@ matplotlib.use("Agg")  # figures are files; never open a window (CI, SSH)
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-from tools.make_tables import Run, Stat, load_paper, load_runs, stat  # noqa: E402
+from tools.results.paper import load_paper  # noqa: E402
+from tools.results.runs import Run, load_runs  # noqa: E402
+from tools.results.stats import Stat, stat  # noqa: E402
 
 # task and metric plotted for each protocol unless --metric says otherwise (the paper's headline column)
 DEFAULT_METRIC = {"coco_R_50_FPN_1x": "bbox/AP", "coco_R_50_C4_1x": "bbox/AP",
@@ -97,7 +99,13 @@ def metric_for(protocol: str, metric: str | None) -> tuple[str, str]:
 def runs_for(runs_dir: Path) -> list[Run]:
     if not runs_dir.is_dir():
         raise UsageError(f"runs directory not found: {runs_dir}")
-    return load_runs(runs_dir, load_paper())
+    # beside the paper's points only runs on the paper's data (builtin COCO/Cityscapes splits), as the tables
+    runs = load_runs(runs_dir, load_paper())
+    others = [r for r in runs if not r.data.builtin]
+    if others:
+        print(f"leaving out {len(others)} runs on other data (make_tables shows them in tables of their own), "
+              f"first: {others[0].path}", file=sys.stderr)
+    return [r for r in runs if r.data.builtin]
 
 
 def downstream(runs: list[Run], weights: str, protocol: str, task: str, name: str, toy: bool) -> Stat | None:

@@ -24,6 +24,7 @@ expected results are set.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -50,9 +51,9 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from transfer import datasets, imagenet_weights, scaling  # noqa: E402
-from transfer import weights as weights_lib  # noqa: E402
+from transfer import annotations, data_checks, datasets, image_check, imagenet_weights, scaling  # noqa: E402
 from transfer import roi_heads as _  # noqa: E402,F401  (registers Res5ROIHeadsExtraNorm)
+from transfer import weights as weights_lib  # noqa: E402
 from transfer.datasets import DatasetError  # noqa: E402
 from transfer.weights import WeightsError  # noqa: E402
 
@@ -241,26 +242,84 @@ def argument_parser():
     return parser
 
 
-def register_user_datasets(cfg, train_specs: list[str], test_specs: list[str]) -> None:
-    """--dataset-train/--dataset-test NAME=JSON:IMAGE_DIR: register them, use them, and size the heads to the
-    data (classes and keypoints of the first training json, else of the first test json)."""
-    shapes = []
+def inspect_user_datasets(cfg, train_specs: list[str], test_specs: list[str]) -> list[datasets.Summary]:
+    """--dataset-train/--dataset-test NAME=JSON:IMAGE_DIR: read and check each file (not registered yet), use
+    them, and size the heads to the data (classes and keypoints of the first training json, else of the first
+    test json)."""
+    found = []
     for specs, key in ((train_specs, "TRAIN"), (test_specs, "TEST")):
         names = []
         for spec in specs:
             name, json_file, image_dir = datasets.parse_spec(spec)
-            shapes.append(datasets.register_coco_json(name, json_file, image_dir))
+            if name in names or any(s.name == name for s in found):
+                raise DatasetError(f"dataset name {name!r} is given twice; give each file its own NAME")
+            found.append(datasets.inspect_coco_json(name, json_file, image_dir)[0])
             names.append(name)
         if names:
             cfg.DATASETS[key] = tuple(names)
-    if shapes:
-        cfg.MODEL.ROI_HEADS.NUM_CLASSES = shapes[0]["num_classes"]
-        if shapes[0]["num_keypoints"]:
-            cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = shapes[0]["num_keypoints"]
+    if found:
+        cfg.MODEL.ROI_HEADS.NUM_CLASSES = len(found[0].categories)
+        if found[0].keypoint_names:
+            cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS = len(found[0].keypoint_names)
+    return found
+
+
+def register_user_datasets(cfg, user: list[datasets.Summary], in_use: set[str]) -> None:
+    """Register the user's datasets with detectron2. A file that lacks fields COCOeval reads (area, iscrowd,
+    num_keypoints) is registered through a completed copy in OUTPUT_DIR/datasets/, written by the main
+    process (annotations.complete: nothing else changes; provenance.json keeps the user's file and sha256)."""
+    for s in user:
+        path = None
+        if s.completed and s.name in in_use:
+            path = os.path.join(cfg.OUTPUT_DIR, "datasets", f"{s.name}.json")
+            if comm.is_main_process():
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                write_json(path, annotations.complete(annotations.read(s.json_file)[0]))
+        datasets.register(s, path)
+    comm.synchronize()
+
+
+def check_data(cfg, user: list[datasets.Summary], eval_only: bool):
+    """Every dataset of the run (only the test sets with --eval-only), before anything is written: registered
+    or given, files present, images as the json says (user files), classes, masks and keypoints as the config
+    needs. Returns (train summaries, test summaries, mask format)."""
+    given = {s.name: s for s in user}
+    train_names = () if eval_only else cfg.DATASETS.TRAIN
+    for name in train_names + cfg.DATASETS.TEST:
+        if name in given:
+            image_check.check_images(given[name], progress=comm.is_main_process())
+        else:
+            datasets.check_dataset(name)
+    train = [given.get(n) or datasets.summary(n) for n in train_names]
+    test = [given.get(n) or datasets.summary(n) for n in cfg.DATASETS.TEST]
+    if not train and not test:
+        raise SetupError("no datasets: DATASETS.TRAIN and DATASETS.TEST are empty")
+    mask_format = data_checks.check_run(cfg, train, test)
+    for name in cfg.DATASETS.TEST:  # a test set we cannot evaluate fails now, not after training
+        kind = "coco" if name in given else MetadataCatalog.get(name).get("evaluator_type")
+        if kind not in EVALUATOR_TYPES:
+            raise SetupError(f"dataset {name!r} has evaluator_type {kind!r}; "
+                             f"supported: {', '.join(EVALUATOR_TYPES)}")
+    return train, test, mask_format
+
+
+def write_provenance(cfg, train, test, mask_format: str) -> None:
+    """OUTPUT_DIR/provenance.json: the data of this run (names, files, sha256, image and class counts)."""
+    if not comm.is_main_process():
+        return
+    for s in train + test:  # builtin splits: counted when loaded, hashed here
+        if s.images is None:
+            s.images = datasets.LOADED.get(s.name)
+        if s.sha256 is None and s.json_file and os.path.isfile(s.json_file):
+            with open(s.json_file, "rb") as f:
+                s.sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    write_json(os.path.join(cfg.OUTPUT_DIR, "provenance.json"),
+               data_checks.provenance(train, test, mask_format))
 
 
 def setup(args):
-    """Config, user datasets and every start-up check; raises SetupError/DatasetError before any work."""
+    """Config, user datasets and every start-up check; raises SetupError/DatasetError before any work.
+    Returns (cfg, (train summaries, test summaries, mask format))."""
     cfg = get_cfg()
     if not os.path.isfile(args.config_file):
         raise SetupError(f"--config-file {args.config_file!r} is not a file")
@@ -270,7 +329,7 @@ def setup(args):
         raise SetupError(f"config {args.config_file}: {type(e).__name__}: {datasets.one_line(e)}") \
             from None
 
-    register_user_datasets(cfg, args.dataset_train, args.dataset_test)
+    user = inspect_user_datasets(cfg, args.dataset_train, args.dataset_test)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SetupError("--device cuda, but torch sees no GPU")
     use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
@@ -292,21 +351,28 @@ def setup(args):
             raise SetupError("--ims-per-gpu and SOLVER.REFERENCE_WORLD_SIZE both rescale the schedule; "
                              "use one")
         record = scaling.scale_schedule(cfg, args.ims_per_gpu, comm.get_world_size())
-    cfg.freeze()
 
     check_weights(cfg, args.resume, args.allow_partial_weights)
-    for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
-        datasets.check_dataset(name)
-    for name in cfg.DATASETS.TEST:  # a test set we cannot load or evaluate fails now, not after training
-        kind = MetadataCatalog.get(name).get("evaluator_type")
-        if kind not in EVALUATOR_TYPES:
-            raise SetupError(f"dataset {name!r} has evaluator_type {kind!r}; "
-                             f"supported: {', '.join(EVALUATOR_TYPES)}")
-        DatasetCatalog.get(name)
+    train, test, mask_format = check_data(cfg, user, args.eval_only)
     if cfg.MODEL.KEYPOINT_ON and cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS != 17 and \
             len(cfg.TEST.KEYPOINT_OKS_SIGMAS) != cfg.MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS:
         raise SetupError("keypoints other than COCO's 17 need TEST.KEYPOINT_OKS_SIGMAS (one per keypoint) "
                          "for COCO's keypoint AP")
+    if mask_format != cfg.INPUT.MASK_FORMAT:
+        rle = sum(s.rle for s in train)
+        print(f"note: INPUT.MASK_FORMAT {mask_format}: {rle} training objects have RLE masks, which "
+              "detectron2's polygon format cannot hold", file=sys.stderr)
+        cfg.INPUT.MASK_FORMAT = mask_format
+    cfg.freeze()
+
+    register_user_datasets(cfg, user, {s.name for s in train + test})
+    for s in user:
+        datasets.check_dataset(s.name)
+    for name in cfg.DATASETS.TEST:  # loaded now: a file detectron2's loader rejects fails before training
+        DatasetCatalog.get(name)
+    for s in train + test:
+        for w in s.warnings:
+            print(f"warning: dataset {s.name!r} ({s.source}): {w}", file=sys.stderr)
 
     default_setup(cfg, args)  # logging, OUTPUT_DIR/config.yaml, seed
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="transfer")
@@ -315,12 +381,12 @@ def setup(args):
         write_json(os.path.join(cfg.OUTPUT_DIR, "scaling.json"), record)
         logger.info(f"--ims-per-gpu {args.ims_per_gpu}: linear scaling x{record['factor']:g}: " +
                     ", ".join(f"{k} {a} -> {b}" for k, (a, b) in record["changed"].items()))
-    return cfg
+    return cfg, (train, test, mask_format)
 
 
 def main(args):
     try:
-        cfg = setup(args)
+        cfg, data = setup(args)
         if args.eval_only:
             model = Trainer.build_model(cfg)
             checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
@@ -328,16 +394,21 @@ def main(args):
                 checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=True)
             elif cfg.MODEL.WEIGHTS:
                 load_weights(model, cfg.MODEL.WEIGHTS, cfg.OUTPUT_DIR, args.allow_partial_weights)
+            write_provenance(cfg, *data)
             results = Trainer.test(cfg, model)
         else:
             trainer = Trainer(cfg, allow_partial_weights=args.allow_partial_weights)
+            write_provenance(cfg, *data)  # after the train loader counted the builtin split's images
             trainer.resume_or_load(resume=args.resume)
             trainer.train()  # returns the results only with TEST.EXPECTED_RESULTS set
             results = trainer.eval_results
         write_results(cfg, results)
         return results
     except (SetupError, DatasetError, WeightsError) as e:
-        print(f"error: {datasets.one_line(e)}", file=sys.stderr)
+        line = datasets.one_line(e)
+        if isinstance(e, DatasetError) and "README" not in line:  # every data error names its README section
+            line += f" ({datasets.README_OWN_DATA})"
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -106,10 +106,21 @@ def ablation(tmp_path):
                 d = runs / name / protocol / f"seed{k}"
                 d.mkdir(parents=True)
                 (d / "results.json").write_text(json.dumps({task: {"AP": ap + offset + 0.2 * k}}))
+                paper_data(d, protocol)
     d = runs / "imagenet" / "coco_R_50_FPN_1x" / "seed0"
     d.mkdir(parents=True)
     (d / "results.json").write_text(json.dumps({"bbox": {"AP": 39.7}}))
+    paper_data(d, "coco_R_50_FPN_1x")
     return runs, {name: pre / name for name in spec}
+
+
+def paper_data(d: Path, protocol: str) -> None:
+    """The provenance.json train_net writes for a run on the builtin splits of the protocol."""
+    train, test = (("cityscapes_fine_instance_seg_train", "cityscapes_fine_instance_seg_val")
+                   if protocol.startswith("cityscapes") else ("coco_2017_train", "coco_2017_val"))
+    (d / "provenance.json").write_text(json.dumps(
+        {"train": [{"name": train, "builtin": True}], "test": [{"name": test, "builtin": True}],
+         "mask_format": "polygon"}))
 
 
 def drawn(module, monkeypatch, argv) -> list[tuple[str, str, list[float]]]:
@@ -139,6 +150,22 @@ def test_fig4_and_fig5_default_to_the_papers_panels(ablation, monkeypatch):
                                        "--no-paper", "--output", "unused.png"])
     assert [(t, y) for t, y, _ in panels] == [("coco_R_50_FPN_1x", "bbox AP")]
     assert pytest.approx(39.7) in panels[0][2]  # the imagenet line of the FPN runs
+
+
+def test_figures_leave_out_runs_on_other_data(ablation, monkeypatch, capsys):
+    """A run on one's own data (provenance.json says so) is no point beside the paper's, as in the tables."""
+    runs, pre = ablation
+    d = runs / "fs25" / "coco_R_50_FPN_1x" / "seed9"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({"bbox": {"AP": 77.7}}))
+    (d / "provenance.json").write_text(json.dumps(
+        {"train": [{"name": "mine", "builtin": False}], "test": [{"name": "mine_val", "builtin": False}],
+         "mask_format": "polygon"}))
+    panels = drawn(fig4, monkeypatch, [str(runs), "--pretrain", f"fs25={pre['fs25']}", "--protocol",
+                                       "coco_R_50_FPN_1x", "--no-paper", "--output", "unused.png"])
+    assert pytest.approx(39.6 + 0.1) in panels[0][2]  # the two seeds on COCO, not the own-data run
+    assert "leaving out 1 runs on other data" in capsys.readouterr().err
+    (d / "results.json").unlink()
 
 
 def test_fig4_cost_units_and_paper_points():

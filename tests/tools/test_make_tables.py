@@ -1,4 +1,4 @@
-"""tools/make_tables.py and tools/paper_tables.json on a fake runs tree (no detectron2 needed)."""
+"""tools/make_tables.py, tools/results/ and tools/paper_tables.json on a fake runs tree (no detectron2)."""
 from __future__ import annotations
 
 import csv
@@ -11,13 +11,15 @@ from pathlib import Path
 import pytest
 
 from tools import make_tables
+from tools.results.paper import load_paper
+from tools.results.runs import base_stem
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 # ------------------------------------------------------------------------------------------- paper data
 def paper_value(table_id: int, method: str, column: str, **match) -> float:
-    t = next(t for t in make_tables.load_paper()["tables"] if t["id"] == table_id)
+    t = next(t for t in load_paper()["tables"] if t["id"] == table_id)
     col = [c["label"] for c in t["columns"]].index(column)
     rows = [r for r in t["rows"] if r["method"] == method and all(r.get(k) == v for k, v in match.items())]
     assert len(rows) == 1, (table_id, method, match)
@@ -36,7 +38,7 @@ def test_paper_spot_values():
 
 
 def test_paper_tables_complete():
-    tables = {t["id"]: t for t in make_tables.load_paper()["tables"]}
+    tables = {t["id"]: t for t in load_paper()["tables"]}
     assert sorted(tables) == [1, 2, 3, 4, 5]
     assert [len(tables[i]["rows"]) for i in range(1, 6)] == [13, 11, 10, 10, 5]
     for t in tables.values():
@@ -50,16 +52,35 @@ def test_paper_tables_complete():
 
 
 def test_base_stem():
-    assert make_tables.base_stem("coco_R_50_FPN_1x") == ("coco_R_50_FPN_1x", False)
-    assert make_tables.base_stem("coco_R_50_FPN_1x_random") == ("coco_R_50_FPN_1x", False)
-    assert make_tables.base_stem("coco_R_50_FPN_1x_random_instant") == ("coco_R_50_FPN_1x", True)
-    assert make_tables.base_stem("cityscapes_R_50_FPN_instant_random") == ("cityscapes_R_50_FPN", True)
+    assert base_stem("coco_R_50_FPN_1x") == ("coco_R_50_FPN_1x", False)
+    assert base_stem("coco_R_50_FPN_1x_random") == ("coco_R_50_FPN_1x", False)
+    assert base_stem("coco_R_50_FPN_1x_random_instant") == ("coco_R_50_FPN_1x", True)
+    assert base_stem("cityscapes_R_50_FPN_instant_random") == ("cityscapes_R_50_FPN", True)
 
 
 # ------------------------------------------------------------------------------------------- fake runs tree
-def write(path: Path, obj) -> None:
+# the builtin splits each protocol family trains and tests on (what train_net's provenance.json records)
+BUILTIN_SPLITS = {"coco": ("coco_2017_train", "coco_2017_val"),
+                  "keypoint": ("keypoints_coco_2017_train", "keypoints_coco_2017_val"),
+                  "cityscapes": ("cityscapes_fine_instance_seg_train", "cityscapes_fine_instance_seg_val")}
+
+
+def dataset(name: str, builtin: bool = True, sha: str | None = None, images: int = 100) -> dict:
+    return {"name": name, "builtin": builtin, "json_file": None if builtin else f"/data/{name}.json",
+            "image_root": None if builtin else f"/data/{name}", "sha256": sha, "images": images, "classes": 3}
+
+
+def write(path: Path, obj, provenance: dict | None = None) -> None:
+    """A file of the runs tree; a results.json gets a provenance.json beside it: the given one, else the
+    builtin splits its protocol trains on (pass provenance={} for none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(obj if isinstance(obj, str) else json.dumps(obj))
+    if path.name == "results.json" and provenance is None:
+        stem = path.parent.parent.name if path.parent.name.startswith("seed") else path.parent.name
+        train, test = BUILTIN_SPLITS[stem.split("_")[0]]
+        provenance = {"train": [dataset(train)], "test": [dataset(test)], "mask_format": "polygon"}
+    if provenance:
+        (path.parent / "provenance.json").write_text(json.dumps(provenance))
 
 
 def coco(ap: float, mask: bool = True) -> dict:
@@ -96,6 +117,8 @@ def sections(markdown: str) -> dict[int, list[list[str]]]:
     for line in markdown.splitlines():
         if line.startswith("### Table "):
             current = out.setdefault(int(line.split()[2].rstrip(".")), [])
+        elif line.startswith("### "):  # a table that is not the paper's
+            current = None
         elif line.startswith("| ") and current is not None:
             current.append([c.strip() for c in line.strip().strip("|").split("|")])
     return out
@@ -237,3 +260,104 @@ def test_script_entry_point(runs):
                        text=True)
     assert p.returncode == 0
     assert "39.5 ± 0.50" in p.stdout and "results.json" in p.stderr
+
+
+# ------------------------------------------------------------------------------------------- provenance
+def own(markdown: str) -> dict[str, list[list[str]]]:
+    """Own-data table heading -> its rows (lists of cells)."""
+    out, current = {}, None
+    for line in markdown.splitlines():
+        if line.startswith("### "):
+            mine = line.startswith("### Transfer on your own data")
+            current = out.setdefault(line[4:], []) if mine else None
+        elif line.startswith("| ") and current is not None:
+            current.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return out
+
+
+MINE = {"train": [dataset("mine_train", False, "a" * 64, 8)],
+        "test": [dataset("mine_val", False, "b" * 64, 4)], "mask_format": "polygon"}
+
+
+@pytest.fixture
+def mixed(runs) -> Path:
+    """The runs tree plus runs on one's own data: two datasets (by sha256), a run with only detectron2's
+    config.yaml naming a --dataset-train dataset, one with nothing recorded, and an instant run on builtin
+    data recorded only in config.yaml."""
+    for k, ap in enumerate([10.0, 12.0]):
+        write(runs / "mine/coco_R_50_FPN_1x" / f"seed{k}/results.json", coco(ap), MINE)
+    write(runs / "imagenet/coco_R_50_FPN_1x/seed5/results.json", coco(20.0), MINE)
+    other = json.loads(json.dumps(MINE).replace("a" * 64, "c" * 64))  # same names, another train json
+    write(runs / "mine/coco_R_50_FPN_1x/seed3/results.json", coco(50.0), other)
+    write(runs / "cfg_only/coco_R_50_FPN_1x/seed0/results.json", coco(30.0), {})
+    write(runs / "cfg_only/coco_R_50_FPN_1x/seed0/config.yaml",
+          "DATASETS:\n  TEST:\n  - mine_val\n  TRAIN:\n  - mine_train\nSEED: 0\n")
+    write(runs / "unrecorded/coco_R_50_FPN_1x/seed0/results.json", coco(31.0), {})
+    write(runs / "old_toy/coco_R_50_FPN_1x_instant/seed0/results.json", coco(2.0), {})
+    write(runs / "old_toy/coco_R_50_FPN_1x_instant/seed0/config.yaml",
+          "DATASETS:\n  TEST:\n  - coco_2017_val_100\n  TRAIN:\n  - coco_2017_val_100\n")
+    return runs
+
+
+def test_builtin_runs_in_the_papers_tables_own_data_in_tables_of_their_own(mixed, capsys):
+    rc, out, _ = run_main(capsys, mixed)
+    assert rc == 0
+    t1 = sections(out)[1]
+    sources = [r[4] for r in t1]
+    # builtin data (provenance.json, or config.yaml's names for older runs): Table 1, as before
+    assert row(t1, "fastsiam_r50_in1k_25ep")["AP^bb"] == "39.5 ± 0.50"
+    assert row(t1, "imagenet")["n"] == "1" and row(t1, "imagenet")["AP^bb"] == "39.9"  # not seed5 (own data)
+    assert row(t1, "old_toy [toy]")["AP^bb"] == "2.0"
+    # own data, or not recorded: never in Table 1
+    assert not {"mine", "cfg_only", "unrecorded"} & set(sources)
+    tables = own(out)
+    sha_a = ("train: mine_train [8 images, sha256 aaaaaaaaaaaa...], "
+             "test: mine_val [4 images, sha256 bbbbbbbbbbbb...]")
+    first = f"Transfer on your own data: coco_R_50_FPN_1x ({sha_a})"
+    assert first in tables
+    rows = {r[0]: dict(zip(tables[first][0], r, strict=True)) for r in tables[first][1:]}
+    assert set(rows) == {"imagenet", "mine"}
+    assert rows["mine"]["n"] == "2" and rows["mine"]["AP^bb"] == "11.0 ± 1.41"
+    assert rows["mine"]["AP^mk"] == "7.0 ± 1.41"
+    assert tables[first][0] == ["Weights", "n", "AP^bb", "AP^bb_50", "AP^bb_75", "AP^mk", "AP^mk_50",
+                                "AP^mk_75"]
+    # other data (another sha256 of the same names) is another table; config.yaml-only and unrecorded runs too
+    assert len(tables) == 4
+    heads = list(tables)
+    assert any("sha256 cccccccccccc..." in h and "50.0" in str(tables[h]) for h in heads)
+    cfg = [h for h in heads if "names from config.yaml" in h]
+    assert len(cfg) == 1 and "30.0" in str(tables[cfg[0]])
+    assert "train: mine_train, test: mine_val (names from config.yaml)" in cfg[0]
+    unrec = [h for h in heads if "data not recorded" in h]
+    assert len(unrec) == 1 and "31.0" in str(tables[unrec[0]])
+    # no paper value, caption or difference beside own-data rows
+    for h in heads:
+        section = out.split("### " + h)[1].split("### ")[0]
+        assert "paper" not in [c for r in tables[h] for c in r] and "Δ" not in section
+        assert "Paper values" not in section and "Table 1." not in section
+    assert f"train mine_train: /data/mine_train.json, sha256 {'a' * 64}" in out  # full hash in the notes
+
+
+def test_own_data_tables_in_csv_and_latex(mixed, capsys):
+    rc, out, _ = run_main(capsys, mixed, "--format", "csv")
+    assert rc == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    mine = [r for r in rows if r["weights"] == "mine" and r["column"] == "AP^bb"]
+    ids = {r["table"] for r in mine}
+    assert len(ids) == 2 and all(i.startswith("own") for i in ids)  # two datasets, two tables
+    a = next(r for r in mine if "aaaaaaaaaaaa" in r["data"])
+    assert float(a["mean"]) == pytest.approx(11.0) and a["count"] == "2" and a["paper"] == a["diff"] == ""
+    assert all(r["data"] == "" for r in rows if r["table"] == "1")
+    assert not [r for r in rows if r["table"] == "1" and r["weights"] in ("mine", "cfg_only", "unrecorded")]
+    rc, out, _ = run_main(capsys, mixed, "--format", "latex")
+    assert rc == 0 and out.count(r"\begin{tabular}") == 5 + 4
+    assert r"Transfer on your own data: coco\_R\_50\_FPN\_1x" in out
+
+
+def test_unreadable_provenance_is_named_and_the_run_counts_as_unrecorded(runs, capsys):
+    write(runs / "x/coco_R_50_FPN_1x/seed0/results.json", coco(5.0), {})
+    write(runs / "x/coco_R_50_FPN_1x/seed0/provenance.json", "{broken")
+    rc, out, err = run_main(capsys, runs)
+    assert rc == 0 and str(runs / "x/coco_R_50_FPN_1x/seed0/provenance.json") in err
+    assert not any(r[4] == "x" for r in sections(out)[1])
+    assert any("data not recorded" in h for h in own(out))

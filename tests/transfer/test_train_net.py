@@ -262,7 +262,7 @@ def test_own_data_sets_num_classes_from_the_json(detection_data, tmp_path):
     """--dataset-train takes NUM_CLASSES (and NUM_KEYPOINTS) from the training json."""
     from detectron2.config import get_cfg
 
-    from transfer.train_net import register_user_datasets
+    from transfer.train_net import inspect_user_datasets
 
     with open(detection_data["coco"]["instances"]) as f:
         data = json.load(f)
@@ -271,5 +271,5 @@ def test_own_data_sets_num_classes_from_the_json(detection_data, tmp_path):
     small = tmp_path / "three.json"
     small.write_text(json.dumps(data))
     cfg = get_cfg()
-    register_user_datasets(cfg, [f"three_classes={small}:{detection_data['coco']['image_dir']}"], [])
+    inspect_user_datasets(cfg, [f"three_classes={small}:{detection_data['coco']['image_dir']}"], [])
     assert cfg.DATASETS.TRAIN == ("three_classes",) and cfg.MODEL.ROI_HEADS.NUM_CLASSES == 3
