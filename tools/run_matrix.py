@@ -35,8 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: tools.launch and pretrain import from this checkout
     sys.path.insert(0, str(REPO))
 
-from pretrain.request import UsageError, add_resource_arguments, resources_from_args  # noqa: E402
-from tools.launch import slurm  # noqa: E402
+from pretrain.request import UsageError  # noqa: E402
+from tools.launch import options  # noqa: E402
 from tools.launch.matrix import parse_weights, plan, run  # noqa: E402
 
 
@@ -52,43 +52,17 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", nargs="+", type=Path, required=True, help="protocol configs")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; one run each (default: 0)")
     ap.add_argument("--runs", type=Path, required=True, help="runs tree: RUNS/<name>/<config-stem>/seed<k>/")
-    ap.add_argument("--num-gpus", type=int, help="passed to the trainer (local launcher)")
-    ap.add_argument("--trainer", default=f"{shlex.quote(sys.executable)} -m transfer.train_net",
-                    help="trainer command line (default: this Python's -m transfer.train_net)")
-    ap.add_argument("--jobs", type=int, default=1, metavar="N",
-                    help="local launcher: N cells side by side, each with cores/N threads and its output in "
-                         "OUTPUT_DIR/train_net.log (default 1: one after another, output here)")
-    ap.add_argument("--dry-run", action="store_true", help="print what would run or be submitted for each "
-                    "cell left to run (with --launcher slurm: resources, command, output folder)")
-    ap.add_argument("--status", action="store_true", help="print one line per cell and exit")
-    ap.add_argument("--launcher", choices=("local", "slurm", slurm.LOCAL), default="local",
-                    help="local: one after another here (default); slurm: one Slurm job per cell (submitit); "
-                         f"{slurm.LOCAL}: the Slurm path through submitit's LocalExecutor, here")
-    slurm_opts = ap.add_argument_group("Slurm jobs (--launcher slurm or submitit-local)")
-    add_resource_arguments(slurm_opts, "CPUs per job and machine (default: 6 per GPU: detectron2's 4 data "
-                                       "workers per GPU process and the process itself, with room)")
+    options.add_arguments(ap)
     args = ap.parse_args(argv)
     try:
         weights = parse_weights(args.weights, args.weights_dir, args.random)
         cells = plan(weights, args.configs, args.seeds, args.runs)
-        if args.jobs < 1:
-            raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
-        if args.launcher != "local" and args.jobs != 1:
-            raise UsageError("--jobs is for the local launcher; Slurm runs every cell as its own job")
-        if args.launcher != "local" and args.num_gpus is not None:
-            raise UsageError("--num-gpus is for the local launcher; Slurm jobs take --gpus-per-node")
-        res = None if args.launcher == "local" or args.status else resources_from_args(
-            args, tasks_per_node=1, cpus_per_task=6 * max(args.gpus_per_node, 1))
+        res = options.resources(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.status:
-        lines = slurm.status_lines(cells)
-        print("\n".join(lines))
-        counts = {}
-        for line in lines:
-            counts[line.split()[0]] = counts.get(line.split()[0], 0) + 1
-        print(f"{len(cells)} cells: " + ", ".join(f"{n} {s}" for s, n in counts.items()), file=sys.stderr)
+        options.print_status(cells)
         return 0
     trainer = shlex.split(args.trainer)
     todo = [c for c in cells if not c.done]

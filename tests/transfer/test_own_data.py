@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.transfer import coco_files
+from tests.transfer.exits import fails_cleanly
 
 REPO = Path(__file__).resolve().parents[2]
 INSTANT = REPO / "configs" / "transfer" / "instant"
@@ -18,16 +19,6 @@ FPN = INSTANT / "coco_R_50_FPN_1x_instant.yaml"
 KEYPOINT = INSTANT / "keypoint_R_50_FPN_1x_instant.yaml"
 SHORT = ("SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)", "SOLVER.CHECKPOINT_PERIOD", "1000",
          "TEST.EVAL_PERIOD", "0", "SOLVER.IMS_PER_BATCH", "2")
-
-
-def _fails_cleanly(proc, *fragments: str) -> str:
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "Traceback" not in proc.stdout + proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: "), proc.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in line, line
-    return line
 
 
 def _json(path) -> dict:
@@ -152,7 +143,7 @@ def test_box_only_file_under_mask_rcnn_is_refused(train_net, tmp_path):
     data = coco_files.write(tmp_path / "boxes", masks="none", n_images=3)
     proc = train_net("--config-file", FPN, "--dataset-train", _spec("boxes", data), "--dataset-test",
                      _spec("boxes_test", data), "OUTPUT_DIR", tmp_path / "out")
-    _fails_cleanly(proc, "'boxes'", "have no mask", "MODEL.MASK_ON False",
+    fails_cleanly(proc, "'boxes'", "have no mask", "MODEL.MASK_ON False",
                    "README 'Your own COCO-format data'")
     assert not (tmp_path / "out").exists()
 
@@ -218,7 +209,7 @@ def test_own_training_set_against_the_configs_coco_test_set_is_refused(train_net
     data = coco_files.write(tmp_path / "only", n_images=3, exif=None, png_modes=False)
     proc = train_net("--config-file", FPN, "--dataset-train", _spec("only_train", data), "OUTPUT_DIR",
                      tmp_path / "out")
-    _fails_cleanly(proc, "test set 'coco_2017_val_100'", "class 0 is id 1 'person' there and id 3 'box' here",
+    fails_cleanly(proc, "test set 'coco_2017_val_100'", "class 0 is id 1 'person' there and id 3 'box' here",
                    "give your test set with --dataset-test")
 
 
@@ -234,7 +225,7 @@ def test_keypoint_config_on_an_instances_file_is_refused(train_net, tmp_path):
     data = coco_files.write(tmp_path / "inst", n_images=3, exif=None, png_modes=False)
     proc = train_net("--config-file", KEYPOINT, "--dataset-train", _spec("inst", data), "--dataset-test",
                      _spec("inst_test", data), "OUTPUT_DIR", tmp_path / "out")
-    _fails_cleanly(proc, "'inst'", "no keypoint names", "MODEL.KEYPOINT_ON")
+    fails_cleanly(proc, "'inst'", "no keypoint names", "MODEL.KEYPOINT_ON")
 
 
 def test_exif_rotated_image_with_its_stored_size_is_refused(tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.transfer.conftest import REPO
+from tests.transfer.exits import fails_cleanly
 from transfer import compat
 
 compat.apply()
@@ -146,33 +147,25 @@ def test_own_keypoint_data_from_the_command_line(train_net, detection_data, tmp_
 
 
 # ---------------------------------------------------------------- bad input: one line, exit 2, no traceback
-def _fails_cleanly(proc, *fragments: str) -> str:
-    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "Traceback" not in proc.stdout + proc.stderr
-    line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("error: "), proc.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in line, line
-    return line
 
 
 def test_protocol_config_without_weights_refuses_to_start(train_net, tmp_path):
     protocol = REPO / "configs" / "transfer" / "coco_R_50_FPN_1x.yaml"
     proc = train_net("--config-file", protocol, "OUTPUT_DIR", tmp_path)
-    _fails_cleanly(proc, "MODEL.WEIGHTS 'CONVERTED_BACKBONE.pth' is not a file", "transfer.convert")
+    fails_cleanly(proc, "MODEL.WEIGHTS 'CONVERTED_BACKBONE.pth' is not a file", "transfer.convert")
     assert not os.listdir(tmp_path)  # nothing written
 
 
 def test_unknown_dataset_name(train_net, tmp_path):
     proc = train_net("--config-file", INSTANT / "coco_R_50_FPN_1x_instant.yaml",
                      "DATASETS.TEST", "('coco_2017_vall',)", "OUTPUT_DIR", tmp_path)
-    _fails_cleanly(proc, "unknown dataset 'coco_2017_vall'", "did you mean coco_2017_val")
+    fails_cleanly(proc, "unknown dataset 'coco_2017_vall'", "did you mean coco_2017_val")
 
 
 def test_builtin_dataset_files_missing(train_net, tmp_path):
     proc = train_net("--config-file", INSTANT / "coco_R_50_FPN_1x_instant.yaml", "OUTPUT_DIR", tmp_path,
                      "DATASETS.TRAIN", "('coco_2017_train',)")
-    _fails_cleanly(proc, "'coco_2017_train'", "instances_train2017.json does not exist",
+    fails_cleanly(proc, "'coco_2017_train'", "instances_train2017.json does not exist",
                    "DETECTRON2_DATASETS")
 
 
@@ -182,19 +175,19 @@ def test_malformed_annotation_json(train_net, detection_data, tmp_path):
     spec = f"mine={bad}:{detection_data['coco']['image_dir']}"
     proc = train_net("--config-file", INSTANT / "coco_R_50_FPN_1x_instant.yaml", "--dataset-train", spec,
                      "OUTPUT_DIR", tmp_path)
-    _fails_cleanly(proc, str(bad), "is not valid JSON")
+    fails_cleanly(proc, str(bad), "is not valid JSON")
 
 
 def test_unknown_config_key(train_net, tmp_path):
     proc = train_net("--config-file", INSTANT / "coco_R_50_FPN_1x_instant.yaml", "OUTPUT_DIR", tmp_path,
                      "SOLVER.NO_SUCH_KEY", "1")
-    _fails_cleanly(proc, "SOLVER.NO_SUCH_KEY")
+    fails_cleanly(proc, "SOLVER.NO_SUCH_KEY")
 
 
 def test_option_after_overrides_is_explained(train_net, tmp_path):
     proc = train_net("--config-file", INSTANT / "coco_R_50_FPN_1x_instant.yaml", "OUTPUT_DIR", tmp_path,
                      "--ims-per-gpu", "1")
-    _fails_cleanly(proc, "--ims-per-gpu", "options go before the KEY VALUE overrides")
+    fails_cleanly(proc, "--ims-per-gpu", "options go before the KEY VALUE overrides")
 
 
 def _with_one_image_replaced(detection_data, tmp_path, content: bytes | None) -> tuple[str, str]:
@@ -215,7 +208,7 @@ def test_missing_image_is_reported_by_path(train_net, detection_data, tmp_path):
     spec, missing = _with_one_image_replaced(detection_data, tmp_path, None)
     proc = train_net("--config-file", INSTANT / "coco_R_50_FPN_1x_instant.yaml",
                      "--dataset-test", f"mine_val={spec}", "OUTPUT_DIR", tmp_path / "out")
-    _fails_cleanly(proc, "1 of 10 annotated images are missing", missing)
+    fails_cleanly(proc, "1 of 10 annotated images are missing", missing)
 
 
 def test_corrupt_image_is_reported_by_path(train_net, detection_data, tmp_path):
@@ -224,7 +217,7 @@ def test_corrupt_image_is_reported_by_path(train_net, detection_data, tmp_path):
     proc = train_net("--config-file", INSTANT / "coco_R_50_FPN_1x_instant.yaml",
                      "--dataset-train", f"mine={spec}", "OUTPUT_DIR", tmp_path / "out",
                      "SOLVER.IMS_PER_BATCH", "10")  # all 10 images in iteration 0
-    _fails_cleanly(proc, f"cannot read image {corrupt}")
+    fails_cleanly(proc, f"cannot read image {corrupt}")
 
 
 # ---------------------------------------------------------------- the linear scaling rule

@@ -31,9 +31,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from pretrain.submit import UsageError, add_resource_arguments, resources_from_args
+from pretrain.request import UsageError
 from tools.benchmark import inputs, report
-from tools.launch import matrix, slurm
+from tools.launch import matrix, options
 from tools.results.output import write_atomic
 
 
@@ -53,19 +53,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds; one cell each (default: 0)")
     ap.add_argument("--runs", type=Path, required=True, help="runs tree: RUNS/<row>/<config-stem>/seed<k>/")
     ap.add_argument("--decimals", type=int, default=1, help="digits after the point (default 1)")
-    ap.add_argument("--num-gpus", type=int, help="passed to the trainer (local launcher)")
-    ap.add_argument("--trainer", default=f"{shlex.quote(sys.executable)} -m transfer.train_net",
-                    help="trainer command line (default: this Python's -m transfer.train_net)")
-    ap.add_argument("--jobs", type=int, default=1, metavar="N",
-                    help="local launcher: N cells side by side (output in OUTPUT_DIR/train_net.log)")
-    ap.add_argument("--dry-run", action="store_true", help="print what would run for each cell left to run")
-    ap.add_argument("--status", action="store_true", help="print one line per cell and exit")
-    ap.add_argument("--launcher", choices=("local", "slurm", slurm.LOCAL), default="local",
-                    help="local: here (default); slurm: one Slurm job per cell (submitit); "
-                         f"{slurm.LOCAL}: the Slurm path through submitit's LocalExecutor, here")
-    slurm_opts = ap.add_argument_group("Slurm jobs (--launcher slurm or submitit-local)")
-    add_resource_arguments(slurm_opts, "CPUs per job and machine (default: 6 per GPU: detectron2's 4 data "
-                                       "workers per GPU process and the process itself, with room)")
+    options.add_arguments(ap)
     return ap.parse_args(argv), extra
 
 
@@ -77,12 +65,6 @@ def plan(args) -> tuple[dict, dict[Path, dict[str, report.Row]]]:
     configs = inputs.configs_for(rows, args.config, caffe2)
     if len(set(args.seeds)) != len(args.seeds):
         raise UsageError(f"--seeds repeats a seed: {' '.join(map(str, args.seeds))}")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs must be at least 1, got {args.jobs}")
-    if args.launcher != "local" and args.jobs != 1:
-        raise UsageError("--jobs is for the local launcher; Slurm runs every cell as its own job")
-    if args.launcher != "local" and args.num_gpus is not None:
-        raise UsageError("--num-gpus is for the local launcher; Slurm jobs take --gpus-per-node")
     inputs.check_runs_data(args.runs, data)
     tables: dict[Path, dict[str, report.Row]] = {}
     for i, config in enumerate(args.config):
@@ -98,18 +80,13 @@ def main(argv=None) -> int:
     args, extra = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         data, tables = plan(args)
-        res = None if args.launcher == "local" or args.status else resources_from_args(
-            args, tasks_per_node=1, cpus_per_task=6 * max(args.gpus_per_node, 1))
+        res = options.resources(args)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cells = [c for rows in tables.values() for row in rows.values() for c in row.cells]
     if args.status:
-        lines = slurm.status_lines(cells)
-        print("\n".join(lines))
-        states = [line.split()[0] for line in lines]
-        print(f"{len(cells)} cells: " + ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states)),
-              file=sys.stderr)
+        options.print_status(cells)
         return 0
     todo = [c for c in cells if not c.done]
     print(f"{len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run", file=sys.stderr)

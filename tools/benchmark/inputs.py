@@ -18,11 +18,8 @@ SPEC_RE = re.compile(r"^(?P<json>.+?\.json):(?P<image_dir>.+)$")  # as transfer.
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def parse_data(train: list[str], test: list[str]) -> dict:
