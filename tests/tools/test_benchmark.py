@@ -331,7 +331,8 @@ SECONDS = ["SOLVER.MAX_ITER", "1", "SOLVER.STEPS", "()", "SOLVER.WARMUP_ITERS", 
 @pytest.mark.slow
 def test_end_to_end_with_the_real_trainer(tmp_path, capsys, monkeypatch):
     """imagenet and mine (torchvision ResNet-18s, random init, converted by transfer.convert: the instant
-    config is ResNet-18), random, seeds 0 1: six real train_net cells, two at a time; a rerun runs none."""
+    config is ResNet-18), seeds 0 1: four real train_net cells, two at a time, each recording the data it
+    used; a rerun runs none. (The random row's planning and table are the fake-trainer tests'.)"""
     import torch
     import torchvision
 
@@ -346,7 +347,7 @@ def test_end_to_end_with_the_real_trainer(tmp_path, capsys, monkeypatch):
     runs = tmp_path / "runs"
     args = ["--train", synthetic_coco(tmp_path, "train", 4, 0),
             "--test", synthetic_coco(tmp_path, "val", 2, 1),
-            "--imagenet", str(weights["imagenet"]), "--weights", f"mine={weights['mine']}", "--random",
+            "--imagenet", str(weights["imagenet"]), "--weights", f"mine={weights['mine']}",
             "--config", str(INSTANT), "--seeds", "0", "1", "--runs", str(runs), "--jobs", "2", "--", *SECONDS]
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the local launcher splits the cores between jobs
     rc = benchmark.main(args)
@@ -355,9 +356,9 @@ def test_end_to_end_with_the_real_trainer(tmp_path, capsys, monkeypatch):
     rows = {}
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and cells[0] in ("imagenet", "mine", "random"):
+        if line.startswith("| ") and cells[0] in ("imagenet", "mine"):
             rows[cells[0]] = cells
-    assert list(rows) == ["imagenet", "mine", "random"]
+    assert list(rows) == ["imagenet", "mine"]
     head = next(line for line in out.splitlines() if line.startswith("| Weights"))
     assert head == "| Weights | n | AP^bb | Δ AP^bb | AP^mk | Δ AP^mk |"
     for name, cells in rows.items():
@@ -367,9 +368,15 @@ def test_end_to_end_with_the_real_trainer(tmp_path, capsys, monkeypatch):
             float(cells[3]), float(cells[5])  # numeric differences to the imagenet row
     doc = json.loads((runs / "benchmark.json").read_text())
     (table,) = doc["tables"]
-    assert all(table["rows"][r]["AP^bb"]["n"] == 2 for r in ("imagenet", "mine", "random"))
+    assert all(table["rows"][r]["AP^bb"]["n"] == 2 for r in ("imagenet", "mine"))
+    train_sha = doc["data"]["train"][0]["sha256"]
+    provs = list(runs.rglob("provenance.json"))  # the trainer's record of each cell's data
+    assert len(provs) == 4
+    for prov in provs:
+        (train,) = json.loads(prov.read_text())["train"]
+        assert train["name"] == "bench_train_0" and train["sha256"] == train_sha and not train["builtin"]
     assert (runs / "benchmark.md").read_text() == out
     # rerun: every cell is done, nothing runs, the same table
     assert benchmark.main(args) == 0
     out2, err2 = capsys.readouterr()
-    assert "6 cells, 6 done, 0 to run" in err2 and out2 == out
+    assert "4 cells, 4 done, 0 to run" in err2 and out2 == out

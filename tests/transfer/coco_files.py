@@ -15,7 +15,6 @@ import numpy as np
 from PIL import Image
 
 CATEGORIES = [{"id": 3, "name": "box"}, {"id": 7, "name": "bar"}, {"id": 12, "name": "dot"}]  # not 1..N
-KEYPOINTS = ["nose", "left_hand", "right_hand"]
 
 
 def rle_list_counts(mask: np.ndarray) -> list[int]:
@@ -49,8 +48,9 @@ def _image(rng, w, h, boxes) -> np.ndarray:
     return im
 
 
-def write(folder: Path, n_images: int = 6, seed: int = 0, masks: str = "mixed", keypoints: bool = False,
-          empty_image: bool = True, png_modes: bool = True, exif: str | None = "displayed",
+def write(folder: Path, n_images: int = 6, seed: int = 0, masks: str = "mixed",
+          keypoints: list[str] | None = None, empty_image: bool = True, png_modes: bool = True,
+          exif: str | None = "displayed",
           drop: tuple[str, ...] = (), categories: list[dict] | None = None) -> tuple[str, str]:
     """Write images/ and ann.json under `folder`; returns (json path, image dir).
 
@@ -86,7 +86,7 @@ def write(folder: Path, n_images: int = 6, seed: int = 0, masks: str = "mixed", 
             Image.fromarray(pixels).save(images_dir / name, quality=95)
         images.append({"id": 100 + i, "file_name": name, "width": w, "height": h})
         for j, (x, y, bw, bh, cat) in enumerate(boxes):
-            ann = {"id": len(anns) + 1, "image_id": 100 + i, "category_id": cats[cat]["id"],
+            ann = {"id": len(anns) + 1, "image_id": 100 + i, "category_id": cats[cat % len(cats)]["id"],
                    "bbox": [x, y, bw, bh], "area": float(bw * bh), "iscrowd": 0}
             mask = np.zeros((h, w), np.uint8)
             mask[y:y + bh, x:x + bw] = 1
@@ -103,8 +103,10 @@ def write(folder: Path, n_images: int = 6, seed: int = 0, masks: str = "mixed", 
                 ann["segmentation"] = {"size": [h, w], "counts": rle_list_counts(mask)}
             elif j % 2:  # box only: both ways exports write it
                 ann["segmentation"] = []
-            if keypoints:
-                vis = [(0, 0, 0), (x + 2, y + 2, 1), (x + bw - 2, y + 2, 2)] if j else [(0, 0, 0)] * 3
+            if keypoints:  # object 0 has none visible (num_keypoints 0); the others visibility 0, 1, 2, ...
+                inside = [(x + 1 + k * (bw - 2) // len(keypoints), y + 2) for k in range(len(keypoints))]
+                vis = [(px, py, k % 3) if k % 3 else (0, 0, 0) for k, (px, py) in enumerate(inside)] if j \
+                    else [(0, 0, 0)] * len(keypoints)
                 ann["keypoints"] = [v for p in vis for v in p]
                 ann["num_keypoints"] = sum(1 for p in vis if p[2] > 0)
             for key in drop:
@@ -119,7 +121,7 @@ def write(folder: Path, n_images: int = 6, seed: int = 0, masks: str = "mixed", 
     cat_list = [dict(c) for c in cats]
     if keypoints:
         for c in cat_list:
-            c["keypoints"], c["skeleton"] = list(KEYPOINTS), [[1, 2], [1, 3]]
+            c["keypoints"], c["skeleton"] = list(keypoints), []
     path = folder / "ann.json"
     path.write_text(json.dumps({"images": images, "annotations": anns, "categories": cat_list}))
     return str(path), str(images_dir)

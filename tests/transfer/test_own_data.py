@@ -17,8 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 INSTANT = REPO / "configs" / "transfer" / "instant"
 FPN = INSTANT / "coco_R_50_FPN_1x_instant.yaml"
 KEYPOINT = INSTANT / "keypoint_R_50_FPN_1x_instant.yaml"
+# a few iterations, no data-loader worker process and no PreciseBN pass: each run costs seconds, not a minute
 SHORT = ("SOLVER.MAX_ITER", "6", "SOLVER.STEPS", "(4,)", "SOLVER.CHECKPOINT_PERIOD", "1000",
-         "TEST.EVAL_PERIOD", "0", "SOLVER.IMS_PER_BATCH", "2")
+         "TEST.EVAL_PERIOD", "0", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0",
+         "TEST.PRECISE_BN.ENABLED", "False")
 
 
 def _json(path) -> dict:
@@ -105,17 +107,6 @@ def test_completed_area_is_cocos():
     assert [a["area"] for a in done[1:3]] == [60.0, 60.0]  # RLE: exact pixel count
     assert done[0]["area"] == float(mask_util.area(mask_util.merge(mask_util.frPyObjects(poly, 20, 30))))
     assert done[3]["area"] == 20.0 and done[3]["num_keypoints"] == 1 and all(a["iscrowd"] == 0 for a in done)
-
-
-@pytest.mark.slow
-def test_keypoints_with_every_visibility(train_net, tmp_path):
-    train = coco_files.write(tmp_path / "train", keypoints=True, masks="polygon", exif=None)
-    proc = train_net("--config-file", KEYPOINT, "--dataset-train", _spec("kp_train", train),
-                     "--dataset-test", _spec("kp_test", train), "OUTPUT_DIR", tmp_path / "out", *SHORT,
-                     "TEST.KEYPOINT_OKS_SIGMAS", "(0.05, 0.07, 0.07)")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert set(_json(tmp_path / "out" / "results.json")) == {"bbox", "keypoints"}
-    assert "NUM_KEYPOINTS: 3" in (tmp_path / "out" / "config.yaml").read_text()
 
 
 @pytest.mark.slow
@@ -279,7 +270,7 @@ def test_real_voc_instances_with_rle_masks(train_net, tmp_path):
 
     data = real_annotations.voc_instances(tmp_path / "voc")
     proc = train_net("--config-file", FPN, "--dataset-train", _spec("voc_train", data), "--dataset-test",
-                     _spec("voc_test", data), "OUTPUT_DIR", tmp_path / "out", *SHORT[:6])
+                     _spec("voc_test", data), "OUTPUT_DIR", tmp_path / "out", *SHORT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(_json(tmp_path / "out" / "results.json")) == {"bbox", "segm"}
     prov = _json(tmp_path / "out" / "provenance.json")
@@ -289,21 +280,30 @@ def test_real_voc_instances_with_rle_masks(train_net, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_named_keypoints(train_net, tmp_path):
-    """imgaug's quokka: 7 named keypoints; the flip pairs come from the names (ear_tip_left/right, ...)."""
+def test_real_named_keypoints_with_every_visibility(train_net, tmp_path):
+    """imgaug's quokka (7 named keypoints; the flip pairs come from the names: ear_tip_left/right, ...) and a
+    synthetic file of the same category with keypoints of visibility 0, 1 and 2 and objects with
+    num_keypoints 0, as two training sets; the synthetic file is the test set."""
     from tests.transfer import real_annotations
     from transfer.annotations import keypoint_flip_map
 
-    data = real_annotations.quokka_keypoints(tmp_path / "quokka")
-    names = _json(data[0])["categories"][0]["keypoints"]
+    quokka = real_annotations.quokka_keypoints(tmp_path / "quokka")
+    category = _json(quokka[0])["categories"][0]
+    names = category["keypoints"]
     assert len(keypoint_flip_map(names)) == 3  # ears, eyes, paws; the nose maps to itself
-    proc = train_net("--config-file", KEYPOINT, "--dataset-train", _spec("q_train", data), "--dataset-test",
-                     _spec("q_test", data), "OUTPUT_DIR", tmp_path / "out", *SHORT[:6],
-                     "SOLVER.IMS_PER_BATCH", "1",
-                     "TEST.KEYPOINT_OKS_SIGMAS", "(" + ", ".join(["0.05"] * 7) + ")")
+    synthetic = coco_files.write(tmp_path / "synthetic", masks="polygon", exif=None, keypoints=names,
+                                 categories=[{"id": category["id"], "name": category["name"]}])
+    assert {v for a in _json(synthetic[0])["annotations"] for v in a["keypoints"][2::3]} == {0, 1, 2}
+    sigmas = "(" + ", ".join(["0.05"] * 7) + ")"
+    proc = train_net("--config-file", KEYPOINT, "--dataset-train", _spec("q_train", quokka),
+                     "--dataset-train", _spec("kp_train", synthetic),
+                     "--dataset-test", _spec("kp_test", synthetic),
+                     "OUTPUT_DIR", tmp_path / "out", *SHORT, "TEST.KEYPOINT_OKS_SIGMAS", sigmas)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert set(_json(tmp_path / "out" / "results.json")) == {"bbox", "keypoints"}
     assert "NUM_KEYPOINTS: 7" in (tmp_path / "out" / "config.yaml").read_text()
+    train = _json(tmp_path / "out" / "provenance.json")["train"]
+    assert [d["name"] for d in train] == ["q_train", "kp_train"]
 
 
 @pytest.mark.parametrize("field,value,message", [
