@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 D2_VENDORED ?= ../shared/vendor/detectron2-c69939aa.tar.gz
 D2_EXPECT ?=
 PYTEST_ARGS ?=
-# read by tools/install_detectron2.sh
+# read by tools/install/detectron2.sh
 export DETECTRON2_SOURCE FASTSIAM_D2_TIER MAX_JOBS
 
 .PHONY: test demo install clean-venv test-compiled test-sources doctor
@@ -22,11 +22,11 @@ export DETECTRON2_SOURCE FASTSIAM_D2_TIER MAX_JOBS
 install: $(STAMP)
 
 # Reinstalls only when requirements.txt or the detectron2 script changes; a second run costs nothing.
-$(STAMP): requirements.txt tools/install_detectron2.sh
+$(STAMP): requirements.txt tools/install/detectron2.sh
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# pip warns about every package missing from the local mirrors; those lines are noise.
 	$(PY) -m pip install -q -r requirements.txt 2>&1 | { grep -v "^WARNING: Location" || true; }
-	bash tools/install_detectron2.sh $(PY)
+	bash tools/install/detectron2.sh $(PY)
 	@touch $(STAMP)
 
 test: $(STAMP)

@@ -56,7 +56,7 @@ def git_sha() -> str:
 def sgd_step(net, opt, scaler, xs: list[torch.Tensor], autocast) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Forward the V views (xs: V x (N x 3 x S x S)), the Eq. 5 loss, backward and update; returns (loss, z).
 
-    The whole training step after the data: tools/bench_train.py times this same function. The network runs
+    The whole training step after the data: tools/bench/train.py times this same function. The network runs
     under `autocast`; the loss outside it, in float32 (bf16's 8-bit mantissa would round the cosines).
     """
     with autocast:

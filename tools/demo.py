@@ -8,7 +8,7 @@ side by side, one per core, and the conversions run through transfer.convert's e
   2. pretrain   FastSiam (K=3, 4 views) and SimSiam (K=1, 2 views) for the same compute (views processed)
   3. convert    both checkpoints and a random-init backbone to detectron2 weights (.pth)
   4. transfer   detectron2 fine-tuning + evaluation on synthetic COCO instances, COCO keypoints and Cityscapes
-  5. report     the paper-style tables (tools/make_tables.py) and figures (Fig. 2, Fig. 6)
+  5. report     the paper-style tables (tools/tables.py) and figures (Fig. 2, Fig. 6)
 
 The numbers are a toy run: a ResNet-18 pretrained for seconds on a few dozen images, fine-tuned for a few
 iterations on synthetic shapes. They show that the pipeline works end to end, not what the method achieves;
@@ -47,6 +47,14 @@ TOY_BANNER = (
     "TOY RUN: these numbers come from seconds of pretraining on a few dozen photos and a few detection\n"
     "iterations on synthetic shapes. They prove the pipeline, not the method. Full-scale recipe: README.md."
 )
+
+
+def shown(path: Path) -> str:
+    """A path as the user gave it: relative to the working folder when inside it (`demo_output/images`)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def stage(i: int, n: int, text: str) -> None:
@@ -179,7 +187,7 @@ def pretrain_done(run_dir: Path, epochs: int) -> bool:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=REPO / "demo_output",
                     help="output folder (default: demo_output)")
     ap.add_argument("--size", choices=sorted(SIZES), default="small", help="tiny: the test suite's size")
@@ -191,11 +199,11 @@ def main(argv=None) -> int:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     n = 5
     t_start = time.time()
-    print(f"FastSiam demo -> {out}  (device: {device})\n" + TOY_BANNER, flush=True)
+    print(f"FastSiam demo -> {shown(out)}  (device: {device})\n" + TOY_BANNER, flush=True)
 
     # ============ 1. images ============
     images = out / "images"
-    stage(1, n, f"images: {size['images']} crops of scikit-image's bundled photos -> {images}")
+    stage(1, n, f"images: {size['images']} crops of scikit-image's bundled photos -> {shown(images)}")
     if images.is_dir() and len(list(images.glob("*.jpg"))) == size["images"]:
         print("      already there, skipped")
     else:
@@ -221,8 +229,8 @@ def main(argv=None) -> int:
     data_done = datasets / ".complete"  # written after the generator succeeded: a run cut off mid-way is redone
     if not data_done.is_file():
         shutil.rmtree(datasets, ignore_errors=True)
-        print(f"      detection data: synthetic COCO, keypoints, Cityscapes -> {datasets}", flush=True)
-        cmd = [PY, "-m", "tools.make_detection_data", str(datasets), "--images", str(size["det_images"])]
+        print(f"      detection data: synthetic COCO, keypoints, Cityscapes -> {shown(datasets)}", flush=True)
+        cmd = [PY, "-m", "tools.data.detection", str(datasets), "--images", str(size["det_images"])]
         jobs.append((cmd, logs / "make_detection_data.log", None))
     if jobs:
         run_side_by_side(jobs)
@@ -246,25 +254,25 @@ def main(argv=None) -> int:
     configs = [str(REPO / "configs/transfer/instant" / f"{p}_instant.yaml") for p in size["protocols"]]
     env = {"DETECTRON2_DATASETS": str(datasets)}
     runs = out / "runs"
-    run([PY, "tools/run_matrix.py", "--weights-dir", str(weights), "--configs", *configs, "--seeds", "0",
+    run([PY, "-m", "tools.launch", "--weights-dir", str(weights), "--configs", *configs, "--seeds", "0",
          "--runs", str(runs), "--jobs", str(jobs_n), "--", "MODEL.DEVICE", device, *size["d2"]],
         logs / "transfer.log", env=env)
 
     # ============ 5. tables and figures ============
     stage(5, n, "report: paper-style tables and figures")
     tables = out / "tables.md"
-    run([PY, "tools/make_tables.py", str(runs), "--output", str(tables)], logs / "tables.log")
+    run([PY, "-m", "tools.tables", str(runs), "--output", str(tables)], logs / "tables.log")
     photos = sorted(images.glob("*.jpg"))[:3]
     run_side_by_side([
-        ([PY, "tools/fig2_target_stability.py", "--output", str(out / "fig2_target_stability.png")],
+        ([PY, "-m", "tools.figures.fig2_target_stability", "--output", str(out / "fig2_target_stability.png")],
          logs / "fig2.log", None),
-        ([PY, "tools/fig6_activations.py", "--checkpoints", *(str(s) for s in sources.values()),
+        ([PY, "-m", "tools.figures.fig6_activations", "--checkpoints", *(str(s) for s in sources.values()),
           "--labels", *sources, "--images", *(str(p) for p in photos),
           "--output", str(out / "fig6_activations.png")], logs / "fig6.log", None)])
 
     print("\n" + tables.read_text())
     print(TOY_BANNER)
-    print(f"\nDemo finished in {time.time() - t_start:.0f} s on {machine()}. Everything is in {out}:")
+    print(f"\nDemo finished in {time.time() - t_start:.0f} s on {machine()}. Everything is in {shown(out)}:")
     for p in sorted(out.iterdir()):
         print(f"  {p.name}{'/' if p.is_dir() else ''}")
     return 0

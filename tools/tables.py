@@ -1,10 +1,10 @@
 """Print the paper's Tables 1-5 beside this project's transfer results.
 
-    python tools/make_tables.py RUNS_DIR                                 # Markdown to stdout
-    python tools/make_tables.py RUNS_DIR --format latex --output tables.tex
-    python -m tools.make_tables RUNS_DIR --format csv --output tables.csv
+    python -m tools.tables RUNS_DIR                                 # Markdown to stdout
+    python -m tools.tables RUNS_DIR --format latex --output tables.tex
+    python -m tools.tables RUNS_DIR --format csv --output tables.csv
 
-RUNS_DIR is the tree tools/run_matrix.py fills: RUNS_DIR/<weights-name>/<config-stem>/[seed<k>/]results.json,
+RUNS_DIR is the tree python -m tools.launch fills: RUNS_DIR/<weights-name>/<config-stem>/[seed<k>/]results.json,
 each results.json as transfer.train_net writes it (task -> metric -> value, AP in percent). Config stems map
 to tables after stripping `_random` and `_instant`: coco_R_50_FPN_1x -> Table 1, coco_R_50_C4_1x -> Table 2,
 cityscapes_R_50_FPN -> Table 3, keypoint_R_50_FPN_2x (the paper's schedule) and keypoint_R_50_FPN_1x ->
@@ -12,7 +12,7 @@ Table 4; Table 5 (batch size) takes the same runs by weights name. Every measure
 over seeds, with n, under the paper's row for the same weights and followed by the difference; keypoint 1x
 rows are labelled "1x, paper is 2x" and get no difference (the paper's Table 4 is 2x throughout). Runs from
 `_instant` configs are marked as toy runs. A null metric (train_net writes NaN, e.g. an AP with no detections,
-as null) is missing for that seed. The paper's numbers live in tools/paper_tables.json.
+as null) is missing for that seed. The paper's numbers live in tools/results/paper_tables.json.
 
 Only runs on the paper's data go into Tables 1-5: those whose every train and test dataset is a detectron2
 builtin split (COCO 2017, COCO 2017 keypoints, Cityscapes), as the run's provenance.json says (written by
@@ -32,12 +32,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools` importable
-
-from tools.results.output import write_atomic  # noqa: E402
-from tools.results.paper import load_paper  # noqa: E402
-from tools.results.runs import Run, base_stem, load_runs  # noqa: E402,F401  (base_stem: older callers)
-from tools.results.stats import MISSING, fmt_stat, stat  # noqa: E402
+from tools.results.output import write_atomic
+from tools.results.paper import load_paper
+from tools.results.runs import Run, load_runs
+from tools.results.stats import MISSING, fmt_stat, stat
 
 BATCH_ABLATION = re.compile(r"_bs\d+$")  # other weights names that belong in Table 5
 
@@ -266,7 +264,7 @@ def to_csv(tables: list, d: int) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m tools.tables", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs_dir", type=Path, help="RUNS_DIR/<weights>/<config-stem>/[seed<k>/]results.json")
     ap.add_argument("--format", choices=["markdown", "csv", "latex"], default="markdown")

@@ -51,7 +51,7 @@ def _stand_in_c() -> types.ModuleType:
         )
 
     mod.__getattr__ = __getattr__
-    # [added by helper "transfer"] detectron2's collect_env_info (run by default_setup, i.e. by every
+    # detectron2's collect_env_info (run by default_setup, i.e. by every
     # tools/train_net.py-style trainer) reports the build: answer "not built" instead of raising.
     mod.get_compiler_version = lambda: "not built (transfer.compat stand-in)"
     mod.get_cuda_version = lambda: "not built (transfer.compat stand-in)"

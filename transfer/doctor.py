@@ -5,7 +5,7 @@
     python -m transfer.doctor --expect compiled    # exit 1 unless detectron2's compiled ops are present
     python -m transfer.doctor --expect sources     # exit 1 unless it is tier 3 (v0.6 sources + stand-ins)
 
-Tiers (tools/install_detectron2.sh): 1 = detectron2 was already importable, 2 = built from source (a local
+Tiers (tools/install/detectron2.sh): 1 = detectron2 was already importable, 2 = built from source (a local
 DETECTRON2_SOURCE archive or folder, or the official repository) with compiled ops, 3 = the v0.6 Python
 sources from the PyPI sdist without compiled ops (stand-ins from transfer/compat.py). The install script
 records tiers 2 and 3, the source, its sha256 and the commit in ``sys.prefix/fastsiam-detectron2.json``;
@@ -34,7 +34,7 @@ def _version(name: str) -> str:
 
 
 def provenance() -> dict:
-    """What tools/install_detectron2.sh recorded for this environment ({} when it recorded nothing)."""
+    """What tools/install/detectron2.sh recorded for this environment ({} when it recorded nothing)."""
     path = os.path.join(sys.prefix, PROVENANCE)
     try:
         with open(path) as f:

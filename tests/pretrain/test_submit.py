@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain import submit
+from pretrain import childjob, submit
 from tests.pretrain.conftest import TINY, run_pretrain
 
 NODE_ENV = {  # task 11 of a 2 x 8 job, as Slurm sets it on the second node
@@ -25,7 +25,7 @@ def test_slurm_environment_maps_to_torchrun_variables(monkeypatch):
 
     for key, value in NODE_ENV.items():
         monkeypatch.setenv(key, value)
-    env = submit.torch_env(submitit.JobEnvironment())
+    env = childjob.torch_env(submitit.JobEnvironment())
     assert {k: v for k, v in env.items() if k != "MASTER_PORT"} == {
         "RANK": "11", "LOCAL_RANK": "3", "WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8",
         "MASTER_ADDR": "gpu-a17"}
@@ -43,8 +43,8 @@ def test_every_task_of_a_multi_node_job_gets_its_own_rank_and_one_rendezvous():
     assert sorted(int(e["RANK"]) for e in envs) == list(range(16))
     assert [e["LOCAL_RANK"] for e in envs] == [str(r % 8) for r in range(16)]
     assert {(e["MASTER_ADDR"], e["MASTER_PORT"], e["WORLD_SIZE"]) for e in envs} == {
-        ("node-a", str(submit.master_port("9001")), "16")}
-    assert submit.master_port("9001") != submit.master_port("9002")  # two jobs on a node: other ports
+        ("node-a", str(childjob.master_port("9001")), "16")}
+    assert childjob.master_port("9001") != childjob.master_port("9002")  # two jobs on a node: other ports
 
 
 def test_dry_run_prints_the_job(tmp_path, capsys):

@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def detection_data(tmp_path_factory) -> dict:
-    """tools/make_detection_data.py output: a DETECTRON2_DATASETS root with COCO (instances, keypoints) and
+    """tools/data/detection.py output: a DETECTRON2_DATASETS root with COCO (instances, keypoints) and
     Cityscapes trees, 10 images per split."""
-    from tools import make_detection_data
+    from tools.data import detection as make_detection_data
 
     root = tmp_path_factory.mktemp("detection_data")
     return {"root": str(root), **make_detection_data.make_all(str(root), num_images=10, seed=0)}

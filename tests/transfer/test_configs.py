@@ -9,7 +9,8 @@ import torch
 import yaml
 
 from tests.transfer.conftest import REPO
-from tools import make_tables
+from tools.results.paper import load_paper
+from tools.results.runs import base_stem
 from transfer import compat
 from transfer.imagenet_weights import MSRA_INPUT, MSRA_URL, TORCHVISION_INPUT
 
@@ -158,10 +159,10 @@ def test_msra_conventions_are_detectron2s_defaults():
 
 @pytest.mark.parametrize("stem", STEMS)
 def test_msra_runs_land_in_the_paper_imagenet_row(stem):
-    """runs/imagenet/<stem of msra/X.yaml>/... is read by make_tables as protocol X, the paper's table."""
-    protocol, toy = make_tables.base_stem(config_file(stem, "msra/").stem)
+    """runs/imagenet/<stem of msra/X.yaml>/... is read by tools.tables as protocol X, the paper's table."""
+    protocol, toy = base_stem(config_file(stem, "msra/").stem)
     assert (protocol, toy) == (stem, False)
-    tables = [t for t in make_tables.load_paper()["tables"] if stem in t["protocols"]]
+    tables = [t for t in load_paper()["tables"] if stem in t["protocols"]]
     assert tables and all(any(r["weights"] == "imagenet" for r in t["rows"]) for t in tables)
 
 

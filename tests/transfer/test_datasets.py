@@ -21,7 +21,7 @@ from transfer import datasets  # noqa: E402
 from transfer.datasets import DatasetError  # noqa: E402
 
 
-# ---------------------------------------------------------------- tools/make_detection_data.py
+# ---------------------------------------------------------------- tools/data/detection.py
 def test_coco_files_are_consistent(detection_data):
     from pycocotools.coco import COCO
 

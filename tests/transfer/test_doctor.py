@@ -24,7 +24,7 @@ def test_summary_and_expect_match_the_installed_world():
 
 
 def test_install_record_gives_tier_and_commit(tmp_path, monkeypatch):
-    """tools/install_detectron2.sh records the source and commit in sys.prefix; the doctor reports them."""
+    """tools/install/detectron2.sh records the source and commit in sys.prefix; the doctor reports them."""
     record = {"tier": 2, "source": "../shared/vendor/detectron2-c69939aa.tar.gz", "sha256": "2ebea26e",
               "commit": "c69939aa85460e8135f40bce908a6cddaa73065f"}
     (tmp_path / doctor.PROVENANCE).write_text(json.dumps(record))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.slurm_cluster import cancel_jobs_under, wait_ended
-from tools import run_matrix
+from tools.launch.__main__ import main as launch_main
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = REPO / "configs/transfer/instant/coco_R_50_FPN_1x_instant.yaml"
@@ -27,7 +27,7 @@ def test_instant_cell_as_a_slurm_job(detection_data, tmp_path, monkeypatch, caps
             "--partition", "cpu", "--gpus-per-node", "0", "--cpus-per-task", "2", "--mem", "4G",
             "--timeout-min", "10", "--", "SOLVER.MAX_ITER", "2"]
     try:
-        assert run_matrix.main(args) == 0, capsys.readouterr().err
+        assert launch_main(args) == 0, capsys.readouterr().err
         out = runs / f"random/{CFG.stem}/seed0"
         job_id = json.loads((out / "submitit/job.json").read_text())["job_id"]
         log = out / f"submitit/{job_id}_0_log.err"
@@ -36,7 +36,7 @@ def test_instant_cell_as_a_slurm_job(detection_data, tmp_path, monkeypatch, caps
         cancel_jobs_under(tmp_path)
     assert set(json.loads((out / "results.json").read_text())) == {"bbox", "segm"}
     capsys.readouterr()
-    assert run_matrix.main(args) == 0
+    assert launch_main(args) == 0
     assert "1 cells, 1 done, 0 to run" in capsys.readouterr().err
-    assert run_matrix.main(["--status", *args]) == 0
+    assert launch_main(["--status", *args]) == 0
     assert capsys.readouterr().out.split() == ["done", str(out)]

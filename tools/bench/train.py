@@ -1,9 +1,9 @@
 """Views/s of the FastSiam training step in fp32, bf16 and channels_last, per-view vs joint BN, and the share
 of time spent waiting for data behind a real DataLoader (pretrain.data) over generated photo-like JPEGs.
 
-    python tools/bench_train.py                          # both settings below, defaults for this device
-    python tools/bench_train.py --settings proxy --rounds 5
-    python tools/bench_train.py --settings paper --steps 20 --workers 16    # one GPU
+    python -m tools.bench.train                          # both settings below, defaults for this device
+    python -m tools.bench.train --settings proxy --rounds 5
+    python -m tools.bench.train --settings paper --steps 20 --workers 16    # one GPU
 
 Settings: proxy = the CIFAR-10 proxy (ResNet-18 with the CIFAR stem, 32 px, batch 32 x 4 views, 32 x 32
 JPEGs); paper = the paper's run (ResNet-50, 224 px, batch 32 x 4 views, 500 x 375 JPEGs).
@@ -30,12 +30,11 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from pretrain import data, precision  # noqa: E402
-from pretrain.augment import DeviceAugment, keep_freed_memory  # noqa: E402
-from pretrain.engine import sgd_step  # noqa: E402
-from pretrain.model import SiameseNet  # noqa: E402
-from tools.bench_augment import make_jpegs  # noqa: E402
+from pretrain import data, precision
+from pretrain.augment import DeviceAugment, keep_freed_memory
+from pretrain.engine import sgd_step
+from pretrain.model import SiameseNet
+from tools.data.jpegs import make_jpegs
 
 SETTINGS = {  # arch, CIFAR stem, view size, generated image size (h, w)
     "proxy": dict(arch="resnet18", cifar_stem=True, size=32, image=(32, 32)),
@@ -173,7 +172,7 @@ def describe_machine(device: torch.device) -> str:
 
 def main(argv=None) -> int:
     cuda = torch.cuda.is_available()
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m tools.bench.train", description=__doc__.split("\n")[0])
     ap.add_argument("--settings", default="proxy,paper", help="comma-separated: proxy, paper")
     ap.add_argument("--batch", type=int, default=32, help="images per step (x views)")
     ap.add_argument("--views", type=int, default=4)

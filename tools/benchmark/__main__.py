@@ -10,7 +10,7 @@
 
 Rows: `imagenet` (--imagenet PATH, the reference of the Δ columns), each --weights NAME=PATH, and `random`
 (--random: from scratch, with each config's _random twin). Each (row x --config x seed) cell is
-tools/launch/matrix.py's, as for tools/run_matrix.py, with the data passed to the trainer:
+tools/launch/matrix.py's, as for python -m tools.launch, with the data passed to the trainer:
     python -m transfer.train_net --dataset-train bench_train_0=JSON:DIR ... --dataset-test bench_test_0=...
         --config-file CFG OUTPUT_DIR RUNS/<row>/<config-stem>/seed<k> MODEL.WEIGHTS PATH SEED k [overrides]
 (absolute paths; the trainer sizes the heads to the training json's classes and keypoints). A rerun skips the

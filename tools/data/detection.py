@@ -1,6 +1,6 @@
 """Write small synthetic detection datasets in the real on-disk formats, for tests and the demo.
 
-    python -m tools.make_detection_data OUT_DIR [--images 10] [--seed 0]
+    python -m tools.data.detection OUT_DIR [--images 10] [--seed 0]
     DETECTRON2_DATASETS=OUT_DIR python -m transfer.train_net \\
         --config-file configs/transfer/instant/coco_R_50_FPN_1x_instant.yaml
 
@@ -165,7 +165,7 @@ def make_all(out_dir: str, num_images: int = 10, seed: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tools.make_detection_data",
+    parser = argparse.ArgumentParser(prog="python -m tools.data.detection",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("out_dir", help="becomes a DETECTRON2_DATASETS root")
     parser.add_argument("--images", type=int, default=10, help="images per split (default 10)")

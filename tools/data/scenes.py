@@ -1,6 +1,6 @@
 """Instance-segmentation scenes from CIFAR-10 **test** images, in COCO format: the study's detection task.
 
-    python -m tools.study.scenes OUT --cifar-test data/cifar10/test [--train 1000 --val 250 --seed 0]
+    python -m tools.data.scenes OUT --cifar-test data/cifar10/test [--train 1000 --val 250 --seed 0]
 
 Each scene is a square canvas (default 128 px) on a smooth random-colour background with 1 to 4 objects.
 An object is one CIFAR-10 test image, resized (bicubic) to a square of 32 to 64 px and pasted where it does
@@ -40,12 +40,12 @@ class SceneError(Exception):
 def list_sources(cifar_test: Path) -> list[list[Path]]:
     """The test images of each class, in CIFAR-10's class order; a class folder must exist and be non-empty."""
     if not cifar_test.is_dir():
-        raise SceneError(f"{cifar_test} not found: run `python -m tools.get_cifar10` first")
+        raise SceneError(f"{cifar_test} not found: run `python -m tools.data.cifar10` first")
     per_class = []
     for name in CLASSES:
         files = sorted((cifar_test / name).glob("*.png"))
         if not files:
-            raise SceneError(f"{cifar_test / name} has no PNG images (not a tools.get_cifar10 tree?)")
+            raise SceneError(f"{cifar_test / name} has no PNG images (not a tools.data.cifar10 tree?)")
         per_class.append(files)
     return per_class
 
@@ -114,7 +114,7 @@ def make_split(pool: list[tuple[Path, int]], count: int, settings: dict, rng: np
         images.append({"id": i + 1, "file_name": name, "height": canvas, "width": canvas})
     categories = [{"id": c + 1, "name": n, "supercategory": "cifar10"} for c, n in enumerate(CLASSES)]
     return {"images": images, "annotations": annotations, "categories": categories,
-            "info": {"description": "CIFAR-10 test images composed into scenes (tools/study/scenes.py)",
+            "info": {"description": "CIFAR-10 test images composed into scenes (tools/data/scenes.py)",
                      "source_images_used": min(used, len(pool)), "source_pool": len(pool)}}
 
 
@@ -156,7 +156,7 @@ def build(out: Path, cifar_test: Path, **settings) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.study.scenes", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m tools.data.scenes", description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
     p.add_argument("--cifar-test", type=Path, default=Path("data/cifar10/test"))
     for key, value in DEFAULTS.items():

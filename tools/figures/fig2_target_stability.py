@@ -1,8 +1,8 @@
 """Fig. 2: why a target averaged over K views is more stable (the paper's simulation).
 
-    python tools/fig2_target_stability.py --output fig2.png            # n=20 views, 2048 dims, 2000 trials
-    python tools/fig2_target_stability.py --views 10 --show-k 1 2 3 --output fig2.png
-    python tools/fig2_target_stability.py --reference held-out --reference-views 1000   # an estimate
+    python -m tools.figures.fig2_target_stability --output fig2.png            # n=20 views, 2048 dims, 2000 trials
+    python -m tools.figures.fig2_target_stability --views 10 --show-k 1 2 3 --output fig2.png
+    python -m tools.figures.fig2_target_stability --reference held-out --reference-views 1000   # an estimate
 
 Each trial draws n view embeddings from N(0, I) in 2048 dimensions (the projector's output size). For
 K = 1..n the target is the mean of the first K of them. Left: the distribution over trials of the target's
@@ -26,12 +26,10 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools` importable
+import numpy as np
+from matplotlib.ticker import MaxNLocator
 
-import numpy as np  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from tools.plotting import UsageError, plt, run_main, save_figure  # noqa: E402
+from tools.figures.plotting import UsageError, plt, run_main, save_figure
 
 REFERENCES = ("all", "held-out", "sample")
 
@@ -107,7 +105,7 @@ def plot(sim: dict, show_k: list[int]):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m tools.figures.fig2_target_stability", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--views", type=int, default=20, help="n, the number of views sampled per trial")
     ap.add_argument("--dim", type=int, default=2048, help="embedding dimension (projector output, 2048)")

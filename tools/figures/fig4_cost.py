@@ -1,8 +1,8 @@
 """Fig. 4: downstream AP against pretraining cost, in FastSiam-epoch equivalents.
 
-    python tools/fig4_cost.py runs/ --pretrain fastsiam_r50_in1k_10ep=out/fs10 \\
+    python -m tools.figures.fig4_cost runs/ --pretrain fastsiam_r50_in1k_10ep=out/fs10 \\
         fastsiam_r50_in1k_25ep=out/fs25 simsiam_r50_in1k_100ep=out/ss100 --output fig4.png
-    python tools/fig4_cost.py runs/ --pretrain ... --protocol coco_R_50_FPN_1x    # the FPN detector instead
+    python -m tools.figures.fig4_cost runs/ --pretrain ... --protocol coco_R_50_FPN_1x    # the FPN detector instead
 
 Panels as in the paper's Fig. 4: COCO with the R50-C4 detector (coco_R_50_C4_1x, AP^bb) and Cityscapes
 (cityscapes_R_50_FPN, AP^mk); --protocol draws other protocols, one panel each.
@@ -17,12 +17,9 @@ SimSiam rows (Tables 1-4) are drawn as open markers, and the runs tree's `imagen
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools` importable
-
-from tools.plotting import (  # noqa: E402
+from tools.figures.plotting import (
     PAPER_PANELS,
     UsageError,
     downstream,
@@ -35,7 +32,7 @@ from tools.plotting import (  # noqa: E402
     save_figure,
     scores_by,
 )
-from tools.results.paper import load_paper  # noqa: E402
+from tools.results.paper import load_paper
 
 FASTSIAM_VIEWS = 4  # one FastSiam epoch = one pass over the data with 4 views per image
 
@@ -56,7 +53,7 @@ def paper_points(protocol: str, task: str, name: str) -> list[tuple[str, float, 
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m tools.figures.fig4_cost", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("runs_dir", type=Path)
     ap.add_argument("--pretrain", nargs="+", required=True, metavar="NAME=DIR[@EPOCHS]")

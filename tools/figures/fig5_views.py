@@ -1,8 +1,8 @@
 """Fig. 5: downstream AP against the number of target views K (the views ablation).
 
-    python tools/fig5_views.py runs/ \\
+    python -m tools.figures.fig5_views runs/ \\
         --pretrain views2=out/v2 views3=out/v3 views4=out/v4 views5=out/v5 --output fig5.png
-    python tools/fig5_views.py runs/ --pretrain ... --protocol coco_R_50_FPN_1x    # the FPN detector instead
+    python -m tools.figures.fig5_views runs/ --pretrain ... --protocol coco_R_50_FPN_1x    # the FPN detector instead
 
 The paper's Fig. 5 has two panels, COCO and Cityscapes. Its COCO detector is taken to be Fig. 4's R50-C4
 (coco_R_50_C4_1x, AP^bb; an assumption: the figure names the dataset only); Cityscapes is cityscapes_R_50_FPN,
@@ -15,14 +15,11 @@ epochs or batch sizes form separate series. Each point is the mean over seeds wi
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `tools` importable
+from matplotlib.ticker import MaxNLocator
 
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from tools.plotting import (  # noqa: E402
+from tools.figures.plotting import (
     PAPER_PANELS,
     UsageError,
     metric_for,
@@ -37,7 +34,7 @@ from tools.plotting import (  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m tools.figures.fig5_views", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("runs_dir", type=Path)
     ap.add_argument("--pretrain", nargs="+", required=True, metavar="NAME=DIR[@EPOCHS]")

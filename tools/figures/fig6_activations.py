@@ -1,8 +1,8 @@
 """Fig. 6: where the backbone looks, for two checkpoints side by side.
 
-    python tools/fig6_activations.py --checkpoints out/fs25/checkpoint.pth out/ss100/checkpoint.pth \\
+    python -m tools.figures.fig6_activations --checkpoints out/fs25/checkpoint.pth out/ss100/checkpoint.pth \\
         --labels FastSiam SimSiam --images a.jpg b.jpg c.jpg --output fig6.png
-    python tools/fig6_activations.py --checkpoints checkpoint.pth resnet50_torchvision.pth --images a.jpg
+    python -m tools.figures.fig6_activations --checkpoints checkpoint.pth resnet50_torchvision.pth --images a.jpg
 
 Each map is the channel-mean of the last stage's activations (layer4, N x C x h x w -> h x w), upsampled
 bilinearly onto the image and scaled to [0, 1] per image. A checkpoint is either this project's checkpoint.pth
@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import argparse
 import pickle
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: import tools, pretrain
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
 
-import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-import torchvision  # noqa: E402
-
-from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from pretrain.checkpoint import CheckpointError, load_model  # noqa: E402
-from tools.plotting import UsageError, load_image, plt, run_main, save_figure  # noqa: E402
+from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.checkpoint import CheckpointError, load_model
+from tools.figures.plotting import UsageError, load_image, plt, run_main, save_figure
 
 # (bottleneck?, blocks per stage) -> torchvision constructor
 ARCHS = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34",
@@ -92,7 +89,7 @@ def normalise(img: torch.Tensor) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m tools.figures.fig6_activations", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint.pth / state dicts")
     ap.add_argument("--labels", nargs="+", help="one column title per checkpoint (default: file names)")

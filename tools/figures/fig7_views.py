@@ -1,7 +1,7 @@
 """Fig. 7: which augmented views agree with the mean target, and which do not.
 
-    python tools/fig7_views.py --images a.jpg b.jpg --output fig7.png    # as the paper: untrained ResNet-50
-    python tools/fig7_views.py --checkpoint out/fs25/checkpoint.pth --images a.jpg --distance cosine
+    python -m tools.figures.fig7_views --images a.jpg b.jpg --output fig7.png    # as the paper: untrained ResNet-50
+    python -m tools.figures.fig7_views --checkpoint out/fs25/checkpoint.pth --images a.jpg --distance cosine
 
 As in the paper's Fig. 7, 200 augmented views of each image go through an untrained encoder (a freshly
 initialised ResNet-50 with the SimSiam projector, seeded by --seed) and are ranked by their distance to the
@@ -21,15 +21,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # as a script: import tools, pretrain
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
-from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, DeviceAugment, cpu_views  # noqa: E402
-from pretrain.checkpoint import CheckpointError, load_checkpoint, load_model  # noqa: E402
-from pretrain.model import SiameseNet  # noqa: E402
-from tools.plotting import UsageError, load_image, plt, run_main, save_figure  # noqa: E402
+from pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, DeviceAugment, cpu_views
+from pretrain.checkpoint import CheckpointError, load_checkpoint, load_model
+from pretrain.model import SiameseNet
+from tools.figures.plotting import UsageError, load_image, plt, run_main, save_figure
 
 SHOW = 3  # views shown on each side
 DISTANCES = ("euclidean", "cosine")
@@ -73,7 +71,7 @@ def to_rgb(x: torch.Tensor):
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m tools.figures.fig7_views", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--checkpoint", help="rank with this checkpoint.pth (default: an untrained encoder)")
     ap.add_argument("--arch", choices=ARCHS, default="resnet50", help="untrained encoder's backbone")

@@ -11,12 +11,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # figures are files; never open a window (CI, SSH)
-import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
+import matplotlib.pyplot as plt
+import yaml
 
-from tools.results.paper import load_paper  # noqa: E402
-from tools.results.runs import Run, load_runs  # noqa: E402
-from tools.results.stats import Stat, stat  # noqa: E402
+from tools.results.paper import load_paper
+from tools.results.runs import Run, load_runs
+from tools.results.stats import Stat, stat
 
 # task and metric plotted for each protocol unless --metric says otherwise (the paper's headline column)
 DEFAULT_METRIC = {"coco_R_50_FPN_1x": "bbox/AP", "coco_R_50_C4_1x": "bbox/AP",
@@ -103,7 +103,7 @@ def runs_for(runs_dir: Path) -> list[Run]:
     runs = load_runs(runs_dir, load_paper())
     others = [r for r in runs if not r.data.builtin]
     if others:
-        print(f"leaving out {len(others)} runs on other data (make_tables shows them in tables of their own), "
+        print(f"leaving out {len(others)} runs on other data (tools.tables shows them in tables of their own), "
               f"first: {others[0].path}", file=sys.stderr)
     return [r for r in runs if r.data.builtin]
 

@@ -13,7 +13,7 @@
 #      transfer/compat.py supplies the stand-ins.
 # Each tier records what it installed in PYTHON's sys.prefix/fastsiam-detectron2.json (python -m
 # transfer.doctor reports it). FASTSIAM_D2_TIER=3 skips tier 2 (both routes).
-# Usage: [DETECTRON2_SOURCE=PATH] bash tools/install_detectron2.sh PYTHON
+# Usage: [DETECTRON2_SOURCE=PATH] bash tools/install/detectron2.sh PYTHON
 set -euo pipefail
 PY=${1:?usage: [DETECTRON2_SOURCE=PATH] install_detectron2.sh PYTHON}
 D2_COMMIT=c69939aa85460e8135f40bce908a6cddaa73065f

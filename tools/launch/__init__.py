@@ -1,4 +1,7 @@
-"""How tools/run_matrix.py and tools/benchmark.py run their cells: matrix.py (plan the cells, run them with a
-launcher), cell.py (one cell and its trainer command), local.py (one after another as subprocesses on this
-machine), slurm.py (one submitit job per cell on Slurm, or through submitit's LocalExecutor; requeue on
-preemption; --status)."""
+"""Every (weights x protocol x seed) transfer cell into a runs tree: `python -m tools.launch` (__main__.py).
+
+matrix.py plans the cells and runs them with a launcher, cell.py is one cell and its trainer command,
+local.py runs cells as subprocesses here, slurm.py submits one submitit job per cell (or runs them through
+submitit's LocalExecutor; requeue on preemption; --status), options.py holds the launch options and status
+report shared with tools.benchmark. Imports pretrain/ (request, jobstate, childjob) only.
+"""

@@ -1,14 +1,14 @@
-"""Run every (weights x protocol x seed) transfer cell into a runs tree that tools/make_tables.py reads.
+"""Run every (weights x protocol x seed) transfer cell into a runs tree that tools/tables.py reads.
 
-    python tools/run_matrix.py --weights-dir converted/ --random \\
+    python -m tools.launch --weights-dir converted/ --random \\
         --configs configs/transfer/coco_R_50_FPN_1x.yaml configs/transfer/coco_R_50_C4_1x.yaml \\
         --seeds 0 1 2 --runs runs/
-    python tools/run_matrix.py --weights imagenet=r50_in1k.pkl fastsiam_r50_in1k_25ep=fs25.pkl \\
+    python -m tools.launch --weights imagenet=r50_in1k.pkl fastsiam_r50_in1k_25ep=fs25.pkl \\
         --configs configs/transfer/cityscapes_R_50_FPN.yaml --seeds 0 --runs runs/ --dry-run
-    python tools/run_matrix.py ... -- SOLVER.IMS_PER_BATCH 8 SOLVER.BASE_LR 0.01   # extra KEY VALUE overrides
-    python tools/run_matrix.py ... --trainer "python -m transfer.train_net --ims-per-gpu 2"   # trainer flags
-    python tools/run_matrix.py ... --launcher slurm --partition gpu --gpus-per-node 8 [--nodes 2] [--dry-run]
-    python tools/run_matrix.py ... --status        # one line per cell: done, pending, queued, running, failed
+    python -m tools.launch ... -- SOLVER.IMS_PER_BATCH 8 SOLVER.BASE_LR 0.01   # extra KEY VALUE overrides
+    python -m tools.launch ... --trainer "python -m transfer.train_net --ims-per-gpu 2"   # trainer flags
+    python -m tools.launch ... --launcher slurm --partition gpu --gpus-per-node 8 [--nodes 2] [--dry-run]
+    python -m tools.launch ... --status        # one line per cell: done, pending, queued, running, failed
 
 Each cell runs
     python -m transfer.train_net --config-file CFG \
@@ -31,20 +31,16 @@ import shlex
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: tools.launch and pretrain import from this checkout
-    sys.path.insert(0, str(REPO))
-
-from pretrain.request import UsageError  # noqa: E402
-from tools.launch import options  # noqa: E402
-from tools.launch.matrix import parse_weights, plan, run  # noqa: E402
+from pretrain.request import UsageError
+from tools.launch import options
+from tools.launch.matrix import parse_weights, plan, run
 
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     argv = argv[: argv.index("--")] if "--" in argv else argv
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    ap = argparse.ArgumentParser(prog="python -m tools.launch", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--weights", nargs="*", default=[], metavar="NAME=PATH", help="converted weights by name")
     ap.add_argument("--weights-dir", type=Path, help="folder of .pth/.pkl files, named by weights")

@@ -1,7 +1,7 @@
 """The matrix: (weights x protocol x seed) cells planned into a runs tree, and run by a launcher.
 
-tools/run_matrix.py and tools/benchmark.py are its command lines; both plan with `plan` and run with `run`, so
-a rerun skips the cells whose results.json exists and resumes a cell cut off mid-training.
+`python -m tools.launch` and `python -m tools.benchmark` are its command lines; both plan with `plan` and run
+with `run`, so a rerun skips the cells whose results.json exists and resumes a cell cut off mid-training.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The launch options tools/run_matrix.py and tools/benchmark share: the trainer, the launcher (local with
+"""The launch options python -m tools.launch and tools/benchmark share: the trainer, the launcher (local with
 --jobs, Slurm or submitit-local with their resources), --dry-run and --status; their checks; the status
 report."""
 from __future__ import annotations

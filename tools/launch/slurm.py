@@ -4,7 +4,7 @@ A cell's job has one task per machine; each task runs the trainer, whose detectr
 process per GPU. With several machines the task passes detectron2 its machine rank and rendezvous address,
 taken from the job's environment (submitit.JobEnvironment): --num-machines N --machine-rank <Slurm node id>
 --dist-url tcp://<first node of the job>:<port from the job id>. When Slurm announces the time limit or a
-preemption, submitit calls CellJob.checkpoint() (pretrain/submit.py's ChildJob): the trainer is stopped, the
+preemption, submitit calls CellJob.checkpoint() (pretrain/childjob.py's ChildJob): the trainer is stopped, the
 job requeued, and the requeued job starts the trainer with --resume, from detectron2's last checkpoint in
 OUTPUT_DIR (the work since SOLVER.CHECKPOINT_PERIOD's last save is done again). Job records live in
 OUTPUT_DIR/submitit/.
@@ -16,9 +16,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from pretrain.childjob import ChildJob, master_port
 from pretrain.jobstate import job_status, job_statuses
 from pretrain.request import ActiveJob, Resources, SubmitError, submit_once
-from pretrain.submit import ChildJob, master_port
 from tools.launch.cell import Cell
 
 LOCAL = "submitit-local"

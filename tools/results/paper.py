@@ -1,10 +1,10 @@
-"""The paper's Tables 1-5 as printed (tools/paper_tables.json, with the provenance of every value)."""
+"""The paper's Tables 1-5 as printed (tools/results/paper_tables.json, with the provenance of every value)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-PAPER_FILE = Path(__file__).resolve().parents[1] / "paper_tables.json"
+PAPER_FILE = Path(__file__).resolve().parent / "paper_tables.json"
 
 
 def load_paper(path: Path = PAPER_FILE) -> dict:

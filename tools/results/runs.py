@@ -1,4 +1,4 @@
-"""The runs tree tools/run_matrix.py and tools/benchmark fill:
+"""The runs tree python -m tools.launch and tools/benchmark fill:
 RUNS/<weights-name>/<config-stem>/[seed<k>/]{results.json, provenance.json, config.yaml}.
 
 results.json is task -> metric -> value (AP in percent), as transfer.train_net writes it; provenance.json (or,

@@ -1,6 +1,6 @@
 """A small-scale Table 1 and Fig. 4 on real images: CIFAR-10 pretraining -> Mask R-CNN on CIFAR-10 scenes.
 
-    python -m tools.get_cifar10                          # once: data/cifar10/{train,test}
+    python -m tools.data.cifar10                          # once: data/cifar10/{train,test}
     python -m tools.study --out runs/study               # full: 2.1 h on an idle 2-core CPU (docs/study.md)
     python -m tools.study --out runs/study_quick --quick # the same pipeline in under 20 minutes
     python -m tools.study --out runs/study_val --rows random supervised   # the instrument check alone
@@ -14,9 +14,9 @@ batch 32, the paper's lr rule 0.125 x batch / 32, cosine; images at 64 px):
   fastsiam_N   FastSiam, 4 views (K = 3), checkpoints after N views (the same budgets)
 Each row: backbone -> `python -m transfer.convert` -> `python -m transfer.train_net` (Mask R-CNN R18-FPN,
 the Table 1 protocol's structure: SyncBN in backbone, FPN and heads, 4conv1fc box head; the same iterations
-and lr for every row) on COCO-format scenes of CIFAR-10 test images (tools/study/scenes.py), once per seed;
+and lr for every row) on COCO-format scenes of CIFAR-10 test images (tools/data/scenes.py), once per seed;
 and a kNN top-1 on CIFAR-10 test (tools/study/knn_eval.py). Every stage is a subprocess, two at a time, each
-single-threaded in its own session (as tools/proxy_benchmark.py, docs/proxy.md). Rerun the same command
+single-threaded in its own session (as tools/proxy/, docs/proxy.md). Rerun the same command
 to resume: finished stages are skipped, the pretraining runs continue from their checkpoints, and the report
 (OUT/report: study.md, fig4.png, results.json) is regenerated.
 """
@@ -36,34 +36,18 @@ import torch
 
 from pretrain import checkpoint
 from pretrain.model import resnet_backbone
-from tools.proxy_benchmark import BenchError, balanced_subset, link_tree
-from tools.study import report, scenes
+from tools.data import scenes
+from tools.data.subsets import SubsetError, balanced_subset, link_tree
+from tools.study import report
+from tools.study.rows import CONFIGS, PRESETS, rows_of
 
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 DET_CONFIG = "configs/transfer/instant/coco_R_50_FPN_1x_instant.yaml"  # R18-FPN, narrow FPN/heads, Table 1 keys
-CONFIGS = {"fastsiam": "configs/pretrain/cifar10_fastsiam_bs32.yaml",  # 4 views
-           "simsiam": "configs/pretrain/cifar10_simsiam_bs32.yaml",  # 2 views; the supervised row too
-           "supervised": "configs/pretrain/cifar10_simsiam_bs32.yaml"}
-VIEWS = {"fastsiam": 4, "simsiam": 2, "supervised": 2}
-# Sizes from measurements on the 2-core machine (docs/study.md, "Sizing"). images: pretraining subset of
-# CIFAR-10 train; epochs: FastSiam's (the 2-view rows run twice as many); budgets: fractions of it kept as
-# Fig. 4 points; det_*: detectron2 schedule (batch, iterations, lr, warmup); scenes and kNN set sizes.
-PRESETS = {
-    "full": dict(images=10000, epochs=8, budgets=(0.25, 0.5, 1.0), seeds=(0, 1, 2), image_size=64,
-                 scenes=dict(train=1000, val=250, canvas=128, min_size=32, max_size=64, max_objects=4),
-                 det=dict(batch=4, iters=600, lr=0.02, warmup=100, precise_bn=20),
-                 knn_bank=10000, knn_test=5000, extra=[]),
-    "quick": dict(images=1500, epochs=4, budgets=(0.25, 0.5, 1.0), seeds=(0, 1, 2), image_size=64,
-                  scenes=dict(train=300, val=100, canvas=128, min_size=32, max_size=64, max_objects=4),
-                  det=dict(batch=4, iters=100, lr=0.02, warmup=20, precise_bn=5),
-                  knn_bank=1000, knn_test=1000, extra=[]),
-    # the test suite's: every stage and file of the full study, at a size that proves only the plumbing
-    "tiny": dict(images=80, epochs=2, budgets=(0.5, 1.0), seeds=(0,), image_size=32,
-                 scenes=dict(train=6, val=4, canvas=64, min_size=16, max_size=32, max_objects=2),
-                 det=dict(batch=2, iters=2, lr=0.002, warmup=1, precise_bn=1),
-                 knn_bank=20, knn_test=20, extra=["dim=64", "pred_dim=16"]),
-}
+
+
+class StudyError(Exception):
+    """Bad input: one line, exit status 2."""
 
 
 @dataclass
@@ -74,20 +58,6 @@ class Job:
     fn: callable = None  # an in-process step (seconds)
     deps: list[str] = field(default_factory=list)
     stage: str = ""
-
-
-def rows_of(p: dict) -> dict[str, tuple[str, int]]:
-    """row name -> (pretraining run or "random", its epoch to take); the views processed are in the name."""
-    rows = {"random": ("random", 0), "supervised": ("supervised", 2 * p["epochs"])}
-    for method in ("simsiam", "fastsiam"):
-        for b in p["budgets"]:
-            ep = round(b * p["epochs"] * 4 / VIEWS[method])  # FastSiam: b x E epochs, 2-view: 2 b x E
-            rows[f"{method}_{views_of(p, method, ep)}"] = (method, ep)
-    return rows
-
-
-def views_of(p: dict, method: str, epochs: int) -> int:
-    return (p["images"] // 32) * 32 * VIEWS[method] * epochs
 
 
 def plan(args, p: dict, out: Path) -> list[Job]:
@@ -159,7 +129,8 @@ def prepare_data(args, p: dict, out: Path) -> dict:
     """The pretraining subset and kNN sets (hard links) and the scenes; returns the scenes' manifest."""
     for split in ("train", "test"):
         if not (args.data / split).is_dir():
-            raise BenchError(f"{args.data / split} not found: run `python -m tools.get_cifar10 --out {args.data}`")
+            raise StudyError(f"{args.data / split} not found: run "
+                             f"`python -m tools.data.cifar10 --out {args.data}`")
     for name, split, n, seed in (("pretrain", "train", p["images"], 0), ("knn_bank", "train", p["knn_bank"], 0),
                                  ("knn_test", "test", p["knn_test"], 1)):
         paths, _, _ = balanced_subset(args.data / split, n, seed)  # knn_bank: a prefix of the pretraining set
@@ -249,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     size = ap.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_const", const="quick", dest="preset", help="under 20 minutes")
     size.add_argument("--tiny", action="store_const", const="tiny", dest="preset", help="the test suite's")
-    ap.add_argument("--data", type=Path, default=Path("data/cifar10"), help="tools.get_cifar10 output")
+    ap.add_argument("--data", type=Path, default=Path("data/cifar10"), help="tools.data.cifar10 output")
     ap.add_argument("--rows", nargs="+", choices=("random", "supervised", "simsiam", "fastsiam"),
                     help="only these rows (e.g. the instrument check: random supervised)")
     ap.add_argument("--det-iters", type=int, help="detectron2 iterations for every row (the instrument's size; "
@@ -264,12 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.resolve()
     try:
         if args.parallel < 1 or (args.det_iters is not None and args.det_iters < 1):
-            raise BenchError("--parallel and --det-iters must be at least 1")
+            raise StudyError("--parallel and --det-iters must be at least 1")
         out.mkdir(parents=True, exist_ok=True)
         state_path = out / "study.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
         if state.get("preset", preset) != preset or state.get("settings", p) != p:
-            raise BenchError(f"{out} holds a study with other settings (--{state['preset']}); use another --out")
+            raise StudyError(f"{out} holds a study with other settings (--{state['preset']}); use another --out")
         state.update(preset=preset, settings=p)
         state.setdefault("invocations", []).append(
             {"command": "python -m tools.study " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -283,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         # what this invocation found done: the report shows that a rerun of a finished study only reports
         state["invocations"][-1].update(stages=len(jobs), done_before=sum(bool(j.done()) for j in jobs))
         failed = run_jobs(jobs, out, args.parallel, timings)
-    except (BenchError, scenes.SceneError) as e:
+    except (StudyError, SubsetError, scenes.SceneError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     state["invocations"][-1].update(finished=time.time(), failed=len(failed))

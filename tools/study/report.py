@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tools.study.rows import views_of
+
 METRICS = ("AP", "AP50", "AP75")
 LABELS = {"random": "Random init", "supervised": "Supervised (labels)", "simsiam": "SimSiam (2 views)",
           "fastsiam": "FastSiam (4 views, K=3)"}
@@ -58,8 +60,6 @@ def machine() -> dict:
 
 
 def collect(out: Path, rows: dict, p: dict, preset: str) -> dict:
-    from tools.study.__main__ import views_of  # the one definition of a row's views
-
     res = {"preset": preset, "settings": p, "rows": {}, "machine": machine()}
     state = json.loads((out / "study.json").read_text()) if (out / "study.json").exists() else {}
     res["commands"] = state.get("invocations", [])
@@ -155,7 +155,7 @@ def markdown(res: dict) -> str:
     sc = res["scenes"] or {}
     if sc:
         c, st = sc["counts"], sc["settings"]
-        lines += ["", f"Scenes (`tools/study/scenes.py`, seed {st['seed']}): {c['train']['images']:,} train scenes "
+        lines += ["", f"Scenes (`tools/data/scenes.py`, seed {st['seed']}): {c['train']['images']:,} train scenes "
                   f"({c['train']['objects']:,} objects), {c['val']['images']:,} val scenes ({c['val']['objects']:,} "
                   f"objects); {st['canvas']} px canvases, objects {st['min_size']} to {st['max_size']} px, at most "
                   f"{st['max_objects']} per scene; sha256 `{sc['sha256']}`."]
@@ -188,7 +188,7 @@ def max_epochs(res: dict, method: str) -> int:
 
 
 def plot(res: dict, path: Path) -> None:
-    from tools.plotting import plt, save_figure
+    from tools.figures.plotting import plt, save_figure
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     rows = res["rows"]

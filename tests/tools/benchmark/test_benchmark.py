@@ -15,7 +15,7 @@ from tools.benchmark import __main__ as benchmark
 from tools.benchmark import report
 from tools.launch.cell import Cell
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 INSTANT = REPO / "configs/transfer/instant/coco_R_50_FPN_1x_instant.yaml"
 
 

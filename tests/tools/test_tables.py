@@ -1,4 +1,4 @@
-"""tools/make_tables.py, tools/results/ and tools/paper_tables.json on a fake runs tree (no detectron2)."""
+"""tools/tables.py, tools/results/ and tools/results/paper_tables.json on a fake runs tree (no detectron2)."""
 from __future__ import annotations
 
 import csv
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tools import make_tables
+from tools import tables as make_tables
 from tools.results.paper import load_paper
 from tools.results.runs import base_stem
 
@@ -44,7 +44,7 @@ def test_paper_tables_complete():
     for t in tables.values():
         for r in t["rows"]:
             assert len(r["values"]) == len(t["columns"]) and all(isinstance(v, float) for v in r["values"])
-    # every weights name with a paper row (README, Tables: the names run_matrix expects)
+    # every weights name with a paper row (README, Tables: the names tools.launch expects)
     names = {r["weights"] for t in tables.values() for r in t["rows"]} - {None}
     assert names == {"random", "imagenet", "simsiam_r50_in1k_100ep", "fastsiam_r50_in1k_10ep",
                      "fastsiam_r50_in1k_25ep", "fastsiam_r50_in1k_25ep_bs64", "fastsiam_r50_in1k_25ep_bs128"}
@@ -249,14 +249,14 @@ def test_latex_and_atomic_output(runs, tmp_path, capsys):
 
 
 def test_missing_runs_dir_is_a_clean_error(tmp_path):
-    for cmd in ([sys.executable, "tools/make_tables.py"], [sys.executable, "-m", "tools.make_tables"]):
-        p = subprocess.run(cmd + [str(tmp_path / "nope")], cwd=REPO, capture_output=True, text=True)
-        assert p.returncode == 2
-        assert p.stderr.strip() == f"error: runs directory not found: {tmp_path / 'nope'}"
+    p = subprocess.run([sys.executable, "-m", "tools.tables", str(tmp_path / "nope")], cwd=REPO,
+                       capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip() == f"error: runs directory not found: {tmp_path / 'nope'}"
 
 
 def test_script_entry_point(runs):
-    p = subprocess.run([sys.executable, "tools/make_tables.py", str(runs)], cwd=REPO, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "tools.tables", str(runs)], cwd=REPO, capture_output=True,
                        text=True)
     assert p.returncode == 0
     assert "39.5 ± 0.50" in p.stdout and "results.json" in p.stderr

@@ -1,4 +1,4 @@
-"""tools/run_matrix.py --launcher slurm / submitit-local (tools/launch/slurm.py) without a Slurm cluster: dry
+"""python -m tools.launch --launcher slurm / submitit-local (tools/launch/slurm.py) without a Slurm cluster: dry
 runs, the multi-node detectron2 flags, and the real submission path through submitit's LocalExecutor."""
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from tools import run_matrix
 from tools.launch import slurm
+from tools.launch.__main__ import main as launch_main
 from tools.launch.cell import Cell
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 INSTANT = REPO / "configs" / "transfer" / "instant"
 
 # Stands in for `python -m transfer.train_net`. First run: leaves a checkpoint, checks that Slurm's preemption
@@ -54,7 +54,7 @@ def test_dry_run_prints_the_job_of_every_pending_cell(tmp_path, capsys):
             "--launcher", "slurm", "--dry-run", "--nodes", "2", "--gpus-per-node", "8", "--partition", "gpu",
             "--account", "lab", "--qos", "high", "--timeout-min", "600", "--slurm-arg", "constraint=a100",
             "--slurm-arg", "mem=0", "--", "SOLVER.CHECKPOINT_PERIOD", "2000"]
-    assert run_matrix.main(args) == 0
+    assert launch_main(args) == 0
     out = capsys.readouterr()
     blocks = out.out.split("\n[")
     assert len(blocks) == 5 and "6 cells, 1 done, 5 to run" in out.err  # 2 protocols x 3 seeds, one done
@@ -85,7 +85,7 @@ def test_bad_slurm_options_exit_2(tmp_path, monkeypatch, capsys, extra, message)
     monkeypatch.setenv("PATH", str(tmp_path))  # no srun, whatever this machine has
     args = ["--random", "--runs", str(tmp_path / "runs"), "--configs",
             str(INSTANT / "coco_R_50_FPN_1x_instant.yaml"), *extra]
-    assert run_matrix.main(args) == 2
+    assert launch_main(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
@@ -117,7 +117,7 @@ def test_preempted_cell_is_requeued_and_resumes(tmp_path, monkeypatch, capsys):
     args = ["--random", "--runs", str(runs), "--configs", str(INSTANT / "coco_R_50_FPN_1x_instant.yaml"),
             "--launcher", "submitit-local", "--gpus-per-node", "0", "--timeout-min", "5",
             "--trainer", f"{shlex.quote(sys.executable)} {shlex.quote(str(trainer))}"]
-    assert run_matrix.main(args) == 0
+    assert launch_main(args) == 0
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert ["--resume" in c for c in calls] == [False, True]  # one preemption, then resumed
     out = runs / "random/coco_R_50_FPN_1x_instant/seed0"
@@ -125,7 +125,7 @@ def test_preempted_cell_is_requeued_and_resumes(tmp_path, monkeypatch, capsys):
     job_log = "".join(p.read_text() for p in (out / "submitit").glob("*_log.*"))
     assert "Requeued job" in job_log and "stopping the child, then requeueing" in job_log
     capsys.readouterr()
-    assert run_matrix.main(args + ["--status"]) == 0
+    assert launch_main(args + ["--status"]) == 0
     assert capsys.readouterr().out.split() == ["done", str(out)]
 
 
@@ -134,16 +134,16 @@ def test_preempted_cell_is_requeued_and_resumes(tmp_path, monkeypatch, capsys):
 def test_two_instant_cells_through_submitit_then_skipped(tmp_path, monkeypatch, capsys):
     """The real trainer on two instant cells, each a submitit job run by LocalExecutor; a rerun submits
     none."""
-    from tools import make_detection_data
+    from tools.data import detection
 
-    make_detection_data.make_all(str(tmp_path / "data"), num_images=10, seed=0)
+    detection.make_all(str(tmp_path / "data"), num_images=10, seed=0)
     monkeypatch.setenv("DETECTRON2_DATASETS", str(tmp_path / "data"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     runs = tmp_path / "runs"
     args = ["--random", "--seeds", "0", "1", "--runs", str(runs), "--configs",
             str(INSTANT / "coco_R_50_FPN_1x_instant.yaml"), "--launcher", "submitit-local",
             "--gpus-per-node", "0", "--timeout-min", "10", "--", "SOLVER.MAX_ITER", "2"]
-    assert run_matrix.main(args) == 0, capsys.readouterr().err
+    assert launch_main(args) == 0, capsys.readouterr().err
     cells = [runs / f"random/coco_R_50_FPN_1x_instant/seed{k}" for k in (0, 1)]
     for out in cells:
         assert set(json.loads((out / "results.json").read_text())) == {"bbox", "segm"}
@@ -151,10 +151,10 @@ def test_two_instant_cells_through_submitit_then_skipped(tmp_path, monkeypatch, 
         assert record["launcher"] == "submitit-local"
         assert (out / "submitit" / f"{record['job_id']}_0_result.pkl").is_file()  # submitit's job record
     capsys.readouterr()
-    assert run_matrix.main(args) == 0
+    assert launch_main(args) == 0
     err = capsys.readouterr().err
     assert "2 cells, 2 done, 0 to run" in err and "job" not in err
-    assert run_matrix.main(["--status", *args]) == 0
+    assert launch_main(["--status", *args]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert [line.split() for line in lines] == [["done", str(c)] for c in cells]
 
@@ -204,7 +204,7 @@ def test_status_one_line_per_cell(tmp_path, monkeypatch, capsys):
         pickle.dump(("error", "RuntimeError: exit status -15"), f)
     args = ["--status", "--random", "--seeds", *map(str, range(9)), "--runs", str(runs),
             "--configs", str(cfg)]
-    assert run_matrix.main(args) == 0
+    assert launch_main(args) == 0
     out = capsys.readouterr()
     lines = out.out.splitlines()
     assert [line.split()[:2] for line in lines] == [[s, str(d)] for s, d in zip(

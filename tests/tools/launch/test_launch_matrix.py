@@ -1,4 +1,4 @@
-"""tools/run_matrix.py with a fake trainer that writes results.json (no detectron2 needed)."""
+"""python -m tools.launch with a fake trainer that writes results.json (no detectron2 needed)."""
 from __future__ import annotations
 
 import json
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tools import run_matrix
+from tools.launch.__main__ import main as launch_main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # Stands in for `python -m transfer.train_net`: logs its argv, writes OUTPUT_DIR/results.json, and fails when
 # FAIL_SEED matches the SEED it was given.
@@ -62,7 +62,7 @@ def calls(log: Path) -> list[list[str]]:
 
 
 def test_full_matrix_then_resume(setup):
-    assert run_matrix.main(setup["base"] + ["--", "SOLVER.IMS_PER_BATCH", "2"]) == 0
+    assert launch_main(setup["base"] + ["--", "SOLVER.IMS_PER_BATCH", "2"]) == 0
     runs, done = setup["runs"], calls(setup["log"])
     assert len(done) == 3 * 2 * 2  # weights (2 files + random) x configs x seeds
     for name in ("fastsiam_r50_in1k_25ep", "imagenet"):
@@ -86,7 +86,7 @@ def test_full_matrix_then_resume(setup):
     (runs / "random/coco_R_50_FPN_1x_random/seed1/results.json").unlink()
     (runs / "random/coco_R_50_FPN_1x_random/seed1/last_checkpoint").write_text("model_0000999.pth")
     setup["log"].unlink()
-    assert run_matrix.main(setup["base"]) == 0
+    assert launch_main(setup["base"]) == 0
     again = calls(setup["log"])
     assert sorted(c[c.index("OUTPUT_DIR") + 1] for c in again) == [
         str(runs / "imagenet/coco_R_50_FPN_1x/seed0"), str(runs / "random/coco_R_50_FPN_1x_random/seed1")]
@@ -95,7 +95,7 @@ def test_full_matrix_then_resume(setup):
 
 
 def test_dry_run_prints_and_runs_nothing(setup, capsys):
-    assert run_matrix.main(setup["base"] + ["--dry-run"]) == 0
+    assert launch_main(setup["base"] + ["--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 12 and not setup["log"].exists() and not setup["runs"].exists()
     first = shlex.split(out[0])
@@ -104,7 +104,7 @@ def test_dry_run_prints_and_runs_nothing(setup, capsys):
 
 def test_failed_cell_does_not_stop_the_rest(setup, monkeypatch, capsys):
     monkeypatch.setenv("FAIL_SEED", "1")
-    assert run_matrix.main(setup["base"]) == 1
+    assert launch_main(setup["base"]) == 1
     err = capsys.readouterr().err
     assert len(calls(setup["log"])) == 12
     assert "6 of 12 cells failed" in err and str(setup["runs"] / "imagenet/coco_R_50_FPN_1x/seed1") in err
@@ -119,7 +119,7 @@ def test_jobs_run_cells_side_by_side_with_split_threads(setup, monkeypatch, caps
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     args = setup["base"][:]
     args[args.index("--seeds") + 2] = "1"  # seeds 0 1: half the cells fail, the rest must still finish
-    assert run_matrix.main(args + ["--jobs", "2"]) == 1
+    assert launch_main(args + ["--jobs", "2"]) == 1
     err = capsys.readouterr().err
     assert "6 of 12 cells failed" in err and "exit status 3" in err
     times = [json.loads(line) for line in Path(str(setup["log"]) + ".times").read_text().splitlines()]
@@ -133,8 +133,8 @@ def test_jobs_run_cells_side_by_side_with_split_threads(setup, monkeypatch, caps
 
 
 def test_jobs_must_be_positive_and_local(setup, capsys):
-    assert run_matrix.main(setup["base"] + ["--jobs", "0"]) == 2
-    assert run_matrix.main(setup["base"] + ["--jobs", "2", "--launcher", "slurm", "--dry-run"]) == 2
+    assert launch_main(setup["base"] + ["--jobs", "0"]) == 2
+    assert launch_main(setup["base"] + ["--jobs", "2", "--launcher", "slurm", "--dry-run"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert "--jobs must be at least 1" in err[0] and "--jobs is for the local launcher" in err[1]
     assert not setup["log"].exists()
@@ -147,7 +147,7 @@ def test_jobs_must_be_positive_and_local(setup, capsys):
     (lambda a, s: (s["cfgs"] / "coco_R_50_FPN_1x_random.yaml").unlink() or a, "no random-init config"),
 ], ids=["missing-weights", "bad-pair", "missing-config", "missing-random-config"])
 def test_bad_input_exits_2_before_running(setup, capsys, change, message):
-    assert run_matrix.main(change(list(setup["base"]), setup)) == 2
+    assert launch_main(change(list(setup["base"]), setup)) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
     assert not setup["log"].exists()
@@ -157,7 +157,7 @@ def test_named_weights_pairs_and_script_entry(setup, tmp_path):
     w = setup["weights"] / "imagenet.pth"
     args = ["--weights", f"mine={w}", "--seeds", "3", "--runs", str(setup["runs"]), "--configs",
             str(setup["cfgs"] / "coco_R_50_FPN_1x.yaml"), "--dry-run"]
-    p = subprocess.run([sys.executable, "tools/run_matrix.py", *args], cwd=REPO, capture_output=True,
+    p = subprocess.run([sys.executable, "-m", "tools.launch", *args], cwd=REPO, capture_output=True,
                        text=True)
     assert p.returncode == 0, p.stderr
     (cmd,) = p.stdout.splitlines()
@@ -172,7 +172,7 @@ def test_random_row_on_the_repo_configs(tmp_path, capsys):
     instant = sorted((REPO / "configs/transfer/instant").glob("*_instant.yaml"))
     assert protocols and instant
     args = ["--random", "--runs", str(tmp_path), "--dry-run", "--configs", *map(str, protocols + instant)]
-    assert run_matrix.main(args) == 0
+    assert launch_main(args) == 0
     cmds = [shlex.split(c) for c in capsys.readouterr().out.splitlines()]
     assert len(cmds) == len(protocols) + len(instant)
     used = {Path(c[c.index("--config-file") + 1]) for c in cmds}

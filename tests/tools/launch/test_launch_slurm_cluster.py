@@ -1,4 +1,4 @@
-"""tools/run_matrix.py --launcher slurm against the real daemons of the CI Slurm cluster
+"""python -m tools.launch --launcher slurm against the real daemons of the CI Slurm cluster
 (tools/ci/slurm_up.sh): two cells through every state --status reports (queued, held, running, done,
 failed), reruns that never submit a job Slurm still holds, the environment a job gets under
 SBATCH_EXPORT=NONE, and refused submissions that do not stop the matrix. The trainer is a stand-in that
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from tests.slurm_cluster import cancel_jobs_under, jobs_named, slurm_state, wait_for
-from tools import run_matrix
+from tools.launch.__main__ import main as launch_main
 
 pytestmark = pytest.mark.slurm
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CFG = REPO / "configs/transfer/instant/coco_R_50_FPN_1x_instant.yaml"
 
 # Stands in for `python -m transfer.train_net`: records the environment it got, waits for OUT/go, then writes
@@ -54,7 +54,7 @@ def _args(tmp_path: Path, *extra: str) -> list[str]:
 
 def _status(args, capsys) -> dict[str, str]:
     """{seed folder name: its --status line}"""
-    assert run_matrix.main([*args, "--status"]) == 0
+    assert launch_main([*args, "--status"]) == 0
     lines = capsys.readouterr().out.splitlines()
     return {Path(line.split()[1]).name: line for line in lines}
 
@@ -69,7 +69,7 @@ def test_two_cells_through_every_state_and_no_duplicate_job(tmp_path, monkeypatc
     monkeypatch.setenv("FASTSIAM_CI_MARK", "carried")
     args = _args(tmp_path, "--cpus-per-task", "2")  # each cell takes the whole 2-CPU node: one at a time
     cells = [tmp_path / f"runs/random/{CFG.stem}/seed{k}" for k in (0, 1)]
-    assert run_matrix.main(args) == 0
+    assert launch_main(args) == 0
     capsys.readouterr()
     jobs = [_job(c) for c in cells]
     wait_for(lambda: (cells[0] / "env.json").exists(), "the first cell to start")
@@ -78,7 +78,7 @@ def test_two_cells_through_every_state_and_no_duplicate_job(tmp_path, monkeypatc
     assert st["seed1"].split()[0] == "queued" and f"job {jobs[1]}: pending (" in st["seed1"]
     subprocess.run(["scontrol", "hold", jobs[1]], check=True, timeout=30)
     assert f"job {jobs[1]}: held (JobHeld" in _status(args, capsys)["seed1"]
-    assert run_matrix.main(args) == 0  # rerun: both are Slurm's, neither is submitted again
+    assert launch_main(args) == 0  # rerun: both are Slurm's, neither is submitted again
     err = capsys.readouterr().err
     assert f"job {jobs[0]} is already running" in err and f"job {jobs[1]} is already queued" in err
     name = f"random:{CFG.stem}:seed"
@@ -97,7 +97,7 @@ def test_two_cells_through_every_state_and_no_duplicate_job(tmp_path, monkeypatc
                    "SLURM_JOB_ID": jobs[1]}
     # rerun: the done cell is skipped, the failed one submitted again
     (cells[1] / "heal").touch()
-    assert run_matrix.main(args) == 0
+    assert launch_main(args) == 0
     assert "2 cells, 1 done, 1 to run" in capsys.readouterr().err
     again = _job(cells[1])
     assert again != jobs[1]
@@ -109,11 +109,11 @@ def test_two_cells_through_every_state_and_no_duplicate_job(tmp_path, monkeypatc
 
 def test_refused_cells_do_not_stop_the_matrix(tmp_path, capsys):
     # sinfo already says no: one line, exit 2, before anything is written
-    assert run_matrix.main(_args(tmp_path)) == 2  # the default 6 CPUs per cell do not fit 2-CPU machines
+    assert launch_main(_args(tmp_path)) == 2  # the default 6 CPUs per cell do not fit 2-CPU machines
     err = capsys.readouterr().err
     assert err.startswith("error: 1 task(s) x 6 CPUs = 6 CPUs per machine") and err.count("\n") == 1
     # sbatch says no: every cell is tried, each refusal is one line, the matrix exits 1 with the count
-    assert run_matrix.main(_args(tmp_path, "--cpus-per-task", "1", "--slurm-arg", "constraint=nope")) == 1
+    assert launch_main(_args(tmp_path, "--cpus-per-task", "1", "--slurm-arg", "constraint=nope")) == 1
     err = capsys.readouterr().err
     refused = [line for line in err.splitlines() if "FAILED" in line]
     assert len(refused) == 2 and all("sbatch refused the job: sbatch: error:" in line for line in refused)
