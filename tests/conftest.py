@@ -1,11 +1,18 @@
 """Tests marked `slurm` submit real jobs to a Slurm cluster: the one-node CI cluster of tools/ci/slurm_up.sh
-(partitions `cpu` and `high`, no accounting). Without it they are skipped, so `make test` needs no Slurm."""
+(partitions `cpu` and `high`, no accounting). Without it they are skipped, so `make test` needs no Slurm.
+Every run ends with what the tests wrote to disk (tests/disk_usage.py)."""
 from __future__ import annotations
 
 import shutil
 import subprocess
 
 import pytest
+
+from tests.disk_usage import (  # noqa: F401  (pytest hooks)
+    pytest_addoption,
+    pytest_runtest_teardown,
+    pytest_terminal_summary,
+)
 
 _up: str | None = None  # the skip reason, once asked; "" when the cluster is up
 
