@@ -9,6 +9,8 @@
     # evaluate a trained model; resume an interrupted run
     python -m transfer.train_net --eval-only --config-file ... MODEL.WEIGHTS runs/.../model_final.pth
     python -m transfer.train_net --resume --config-file ... OUTPUT_DIR runs/.../coco_R_50_FPN_1x
+    # every periodic checkpoint kept (detectron2's default; by default only the newest is, until the end)
+    python -m transfer.train_net --keep-checkpoints 0 --config-file ...
     # your own COCO-format data (NUM_CLASSES and NUM_KEYPOINTS are taken from the training json)
     python -m transfer.train_net --config-file ... --dataset-train mine=ann/train.json:img/train \\
         --dataset-test mine_val=ann/val.json:img/val MODEL.WEIGHTS ...
@@ -29,6 +31,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 
 from transfer import compat
@@ -176,19 +179,40 @@ class Trainer(DefaultTrainer):
     """DefaultTrainer with our evaluators, data loaders that report bad images, checked weights and their
     report."""
 
-    def __init__(self, cfg, allow_partial_weights: bool = False):
+    def __init__(self, cfg, allow_partial_weights: bool = False, keep_checkpoints: int = 1):
         self.allow_partial_weights = allow_partial_weights
+        self.keep_checkpoints = keep_checkpoints
         self.eval_results = None  # the last evaluation's results (set by the evaluation hook)
         super().__init__(cfg)
 
     def build_hooks(self):
         """DefaultTrainer's hooks, with its evaluation hook replaced by one that keeps the results in
-        self.eval_results: DefaultTrainer keeps them only in a private attribute."""
+        self.eval_results (DefaultTrainer keeps them only in a private attribute), and its checkpointer by
+        one that keeps the newest `keep_checkpoints` periodic checkpoints (0: all, detectron2's default).
+        A periodic checkpoint holds the optimizer too: about 330 MB for R50-FPN, 18 of them in a 1x run."""
         ret = super().build_hooks()
         at = [i for i, h in enumerate(ret) if isinstance(h, hooks.EvalHook)]
         assert len(at) == 1, "DefaultTrainer.build_hooks changed: expected one EvalHook"
         ret[at[0]] = hooks.EvalHook(self.cfg.TEST.EVAL_PERIOD, self.evaluate)
+        if self.keep_checkpoints:
+            ret = [hooks.PeriodicCheckpointer(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD,
+                                              max_to_keep=self.keep_checkpoints)
+                   if isinstance(h, hooks.PeriodicCheckpointer) else h for h in ret]
         return ret
+
+    def remove_periodic_checkpoints(self) -> list[str]:
+        """After a finished run: the periodic checkpoints (model_0001999.pth, ...) go, model_final.pth stays
+        and is what last_checkpoint names, so --resume and --eval-only still find the trained model."""
+        if not self.keep_checkpoints or not comm.is_main_process():
+            return []
+        out = self.cfg.OUTPUT_DIR
+        last = os.path.join(out, "last_checkpoint")
+        if not os.path.isfile(last) or open(last).read().strip() != "model_final.pth":
+            return []  # not finished by the checkpointer (e.g. MAX_ITER 0): leave everything
+        gone = sorted(f for f in os.listdir(out) if re.fullmatch(r"model_\d{7}\.pth", f))
+        for f in gone:
+            os.remove(os.path.join(out, f))
+        return gone
 
     def evaluate(self):
         self.eval_results = self.test(self.cfg, self.model)
@@ -229,6 +253,9 @@ def argument_parser():
     parser.add_argument("--ims-per-gpu", type=int, default=0, metavar="N",
                         help="images per GPU; rescales batch, lr and every iteration count of the config "
                              "by the linear scaling rule and records the changes in OUTPUT_DIR/scaling.json")
+    parser.add_argument("--keep-checkpoints", type=int, default=1, metavar="N",
+                        help="periodic checkpoints kept while training, the newest N (resume needs one); "
+                             "removed when the run has finished, model_final.pth stays. 0: keep all")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="MODEL.DEVICE; auto = cuda when a GPU is present, else cpu")
     parser.add_argument("--dataset-train", action="append", default=[], metavar="NAME=JSON:IMAGE_DIR",
@@ -397,12 +424,15 @@ def main(args):
             write_provenance(cfg, *data)
             results = Trainer.test(cfg, model)
         else:
-            trainer = Trainer(cfg, allow_partial_weights=args.allow_partial_weights)
+            trainer = Trainer(cfg, allow_partial_weights=args.allow_partial_weights,
+                              keep_checkpoints=args.keep_checkpoints)
             write_provenance(cfg, *data)  # after the train loader counted the builtin split's images
             trainer.resume_or_load(resume=args.resume)
             trainer.train()  # returns the results only with TEST.EXPECTED_RESULTS set
             results = trainer.eval_results
         write_results(cfg, results)
+        if not args.eval_only:
+            trainer.remove_periodic_checkpoints()  # after results.json: a cut-off run keeps its resume point
         return results
     except (SetupError, DatasetError, WeightsError) as e:
         line = datasets.one_line(e)

@@ -117,17 +117,25 @@ def test_c4_protocol_with_pkl_weights(train_net, converted_weights, tmp_path):
 
 
 def test_keypoint_protocol_random_init(train_net, tmp_path):
-    proc = train_net("--config-file", INSTANT / "keypoint_R_50_FPN_2x_instant.yaml", "OUTPUT_DIR", tmp_path)
+    # a periodic checkpoint every 2 of the 5 iterations: by default each goes once the run has finished
+    proc = train_net("--config-file", INSTANT / "keypoint_R_50_FPN_2x_instant.yaml", "OUTPUT_DIR", tmp_path,
+                     "SOLVER.CHECKPOINT_PERIOD", "2")
     _ok(proc)
     results = _results(tmp_path)
     assert set(results) == {"bbox", "keypoints"}
     _assert_metrics(results, "bbox", COCO_METRICS)
     _assert_metrics(results, "keypoints", {"AP", "AP50", "AP75", "APm", "APl"})
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_final.pth"]
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_final.pth"
 
 
 def test_cityscapes_protocol_through_cityscapesscripts(train_net, tmp_path):
-    proc = train_net("--config-file", INSTANT / "cityscapes_R_50_FPN_instant.yaml", "OUTPUT_DIR", tmp_path)
+    # --keep-checkpoints 0: every periodic checkpoint stays, as in detectron2's own trainer
+    proc = train_net("--config-file", INSTANT / "cityscapes_R_50_FPN_instant.yaml", "--keep-checkpoints", "0",
+                     "OUTPUT_DIR", tmp_path, "SOLVER.CHECKPOINT_PERIOD", "2")
     _ok(proc)
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
+        "model_0000001.pth", "model_0000003.pth", "model_final.pth"]
     results = _results(tmp_path)
     assert set(results) == {"segm"} and set(results["segm"]) == {"AP", "AP50"}
     assert 0 <= results["segm"]["AP"] <= results["segm"]["AP50"] <= 100
