@@ -3,11 +3,14 @@
     python -m transfer.convert INPUT OUTPUT.pth   # recommended: detectron2 loads it with torch's safe loader
     python -m transfer.convert INPUT OUTPUT.pkl   # MoCo's converter's format (numpy arrays, plain pickle)
     python -m transfer.convert INPUT OUTPUT.pth --format torchvision
+    python -m transfer.convert INPUT OUTPUT.pth --source solo-learn   # a layout forced, not recognised
 
-The input is recognised by its keys (no flag): this project's checkpoint.pth (``model`` with ``backbone.*``,
-``projector.*``, ``predictor.*``) or a bare backbone export, official SimSiam (``module.encoder.*`` or
-``encoder.*``), MoCo v1/v2 (``module.encoder_q.*``), MoCo v3 ResNet (``module.base_encoder.*``) and plain
-torchvision state dicts. ResNet-18/34/50/101/152 are told apart by their blocks.
+The input is recognised by its keys (no flag), in the layouts of transfer/layouts.py: this project's
+checkpoint.pth or a backbone export, SimSiam, MoCo v1/v2/v3, lightly (nn.Sequential or torchvision backbone,
+benchmark Lightning checkpoints), solo-learn, mmselfsup/mmpretrain (and OpenSelfSup: DenseCL), VISSL,
+DINO, SwAV, Barlow Twins, byol-pytorch, PixPro and plain torchvision state dicts. ResNet-18/34/50/101/152 are
+told apart by their blocks. Lightning, mmengine and research checkpoints pickle a few library objects beside
+the weights; transfer/safe_load.py loads those as inert records, so nothing in the file runs.
 
 The detectron2 output follows moco@7397dfe detection/convert-pretrain-to-detectron2.py:
 ``{"model": {name: tensor}, "__author__": ..., "matching_heuristics": True}`` in detectron2's ResNet naming.
@@ -31,42 +34,21 @@ import pickle
 import re
 import sys
 import tempfile
-import warnings
 
 import torch
 
+from transfer import layouts, safe_load
+
 AUTHOR = "FastSiam-convert"
 
-# name, backbone prefix, dropped heads {prefix (ends with ".") or exact key: what it is}
-FORMATS = (
-    ("FastSiam", "backbone.",
-     {"backbone.fc.": "classifier", "projector.": "projector", "predictor.": "predictor"}),
-    ("SimSiam", "encoder.", {"encoder.fc.": "projector", "predictor.": "predictor"}),
-    ("MoCo v1/v2", "encoder_q.",
-     {"encoder_q.fc.": "projection head", "encoder_k.": "key encoder", "queue": "queue",
-      "queue_ptr": "queue"}),
-    ("MoCo v3", "base_encoder.",
-     {"base_encoder.fc.": "projector", "momentum_encoder.": "momentum encoder", "predictor.": "predictor"}),
-    ("torchvision", "", {"fc.": "classifier"}),
-)
 # (bottleneck?, blocks per stage) -> depth, as in torchvision's resnet18..resnet152
 DEPTHS = {(False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (3, 4, 6, 3)): 50,
           (True, (3, 4, 23, 3)): 101, (True, (3, 8, 36, 3)): 152}
-_BN = r"(weight|bias|running_mean|running_var|num_batches_tracked)"
-_STEM_RE = re.compile(rf"^(conv1\.weight|bn1\.{_BN})$")
-_BLOCK_RE = re.compile(
-    rf"^layer[1-4]\.\d+\.(conv[1-3]\.weight|bn[1-3]\.{_BN}|downsample\.0\.weight|downsample\.1\.{_BN})$")
 _BN_REQUIRED = ("weight", "bias", "running_mean", "running_var")  # num_batches_tracked is optional
 
 
 class ConvertError(Exception):
     """A bad input; the message is one line meant for the user."""
-
-
-def _first_line(e: BaseException) -> str:
-    """The first sentence of an exception's message, short enough for a one-line error."""
-    text = (str(e).strip().splitlines() or [""])[0].split(". ")[0][:160]
-    return f"{type(e).__name__}: {text}" if text and text != type(e).__name__ else type(e).__name__
 
 
 def _short(keys, n: int = 5) -> str:
@@ -75,8 +57,8 @@ def _short(keys, n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def load_checkpoint(path: str) -> dict:
-    """torch.load(weights_only=True) with every failure turned into a one-line ConvertError."""
+def _load(path: str) -> tuple[dict, list[str]]:
+    """(checkpoint dict, names of the metadata objects loaded as stand-ins); one-line ConvertErrors."""
     if os.path.isdir(path):
         raise ConvertError(f"{path} is a directory, not a checkpoint file")
     if not os.path.isfile(path):
@@ -84,53 +66,60 @@ def load_checkpoint(path: str) -> dict:
     if os.path.getsize(path) == 0:
         raise ConvertError(f"{path} is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols of files it then loads fine
-            warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for non-checkpoints and truncated files
-        text = str(e)
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
-        if found:
-            raise ConvertError(f"{path} holds {found.group(1)}, which torch's safe loader (weights_only) "
-                               "refuses to unpickle; re-save only its state_dict where you trust the file"
-                               ) from None
-        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)  # torch's reason, after a long preamble
-        reason = f"{type(e).__name__}: {detail.group(1).strip()[:160]}" if detail else _first_line(e)
-        raise ConvertError(f"{path} is not a readable PyTorch checkpoint (truncated or another format?): "
-                           f"{reason}") from None
+        obj, stand_ins = safe_load.load(path)  # torch.load(weights_only=True), nothing in the file runs
+    except safe_load.LoadError as e:
+        raise ConvertError(str(e)) from None
     if not isinstance(obj, dict):
         raise ConvertError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
-    return obj
+    return obj, stand_ins
+
+
+def load_checkpoint(path: str) -> dict:
+    """torch.load(weights_only=True), with the metadata objects of Lightning, mmengine and research repos as
+    inert stand-ins (transfer/safe_load.py); every failure is a one-line ConvertError."""
+    return _load(path)[0]
 
 
 def find_state_dict(ckpt: dict, path: str) -> tuple[dict, str]:
-    """The model's state dict in a checkpoint, and where it was ("state_dict", "model" or top level)."""
-    for where in ("state_dict", "model"):
-        if isinstance(ckpt.get(where), dict):
-            return ckpt[where], where
+    """The model's weights in a checkpoint and where they were ("state_dict", "model", "teacher",
+    "classy_state_dict.base_model.model", "top level", ...); nested dicts (VISSL's trunk and heads) come back
+    as one level of dotted keys."""
+    found = layouts.locate(ckpt)
+    if found:
+        return found
     if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
         return ckpt, "top level"
     raise ConvertError(f"{path} holds no state dict (top-level keys: {_short(map(str, ckpt))})")
 
 
-def detect_format(sd: dict, path: str) -> tuple[str, str, str, dict]:
-    """(format name, prefix as written in the file, backbone prefix after "module.", dropped heads)."""
+def detect_format(sd: dict, path: str, *, source: str | None = None, context=()) -> tuple:
+    """(format name, backbone prefix as written in the file, wrapper prefix, layouts.Fit) of the best layout.
+
+    `context`: the checkpoint's top-level entry names (Lightning's, mmengine's "meta", DINO's "teacher"),
+    which tell apart layouts that share key names; `source` forces one library's layouts (--source)."""
     bad = [str(k) for k, v in sd.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise ConvertError(f"{path}: state dict entries that are not tensors: {_short(bad)}")
-    ddp = "module." if sd and all(k.startswith("module.") for k in sd) else ""
-    keys = {k[len(ddp):] for k in sd}
-    found = [f for f in FORMATS if f[1] + "conv1.weight" in keys]
-    if not found:
+    wrapper = layouts.unwrap(sd)
+    keys = [k[len(wrapper):] for k in sd]
+    fits = layouts.detect(keys, set(context), source)
+    if not fits:
+        if source:
+            shown = sorted({la.prefix + ("0." if la.sequential else "") for la in layouts.LAYOUTS
+                            if la.source == source})
+            raise ConvertError(f"{path}: no ResNet in the layout of --source {source} (conv1.weight under "
+                               f"{', '.join(repr(p) for p in shown)}); keys: {_short(sd)}")
         if "stem.conv1.weight" in keys:
             raise ConvertError(f"{path} is already in detectron2's naming (stem.conv1.weight): use it as is")
         raise ConvertError(f"{path} holds no ResNet: no conv1.weight under any known prefix "
-                           f"(backbone., encoder., encoder_q., base_encoder., none); keys: {_short(sd)}")
-    if len(found) > 1:
-        prefixes = ", ".join(ddp + f[1] for f in found)
-        raise ConvertError(f"{path}: ambiguous, ResNets under several prefixes: {prefixes}")
-    name, prefix, heads = found[0]
-    return name, ddp + prefix, ddp, heads
+                           f"({', '.join(sorted({la.prefix or 'none' for la in layouts.LAYOUTS}))}, "
+                           f"or nn.Sequential children 0., 4.-7.); keys: {_short(sd)}")
+    best = fits[0]
+    prefixes = {f.layout.prefix for f in fits}
+    if best.unknown and len(prefixes) > 1 and not source:
+        shown = ", ".join(sorted(wrapper + p for p in prefixes))
+        raise ConvertError(f"{path}: ambiguous, ResNets under several prefixes: {shown}")
+    return best.layout.name, wrapper + best.layout.prefix, wrapper, best
 
 
 def resnet_shapes(bottleneck: bool, blocks: tuple[int, ...], width: int = 64, groups: int = 1,
@@ -210,24 +199,22 @@ def detectron2_name(key: str) -> str:
     return f"res{int(stage) + 1}.{rest}"
 
 
-def split_checkpoint(sd: dict, path: str) -> dict:
-    """Sort every tensor into backbone (torchvision keys), dropped heads or unknown; unknown is an error."""
-    name, shown_prefix, ddp, heads = detect_format(sd, path)
-    prefix = shown_prefix[len(ddp):]
-    backbone, dropped, unknown = {}, {}, []
-    for key, value in sd.items():
-        k = key[len(ddp):]
-        head = next((h for h in heads if (k.startswith(h) if h.endswith(".") else k == h)), None)
-        if head is not None:
-            label = f"{ddp}{head}{'*' if head.endswith('.') else ''} ({heads[head]})"
-            dropped[label] = dropped.get(label, 0) + 1
-        elif k.startswith(prefix) and (_STEM_RE.match(k[len(prefix):]) or _BLOCK_RE.match(k[len(prefix):])):
-            backbone[k[len(prefix):]] = value  # torchvision key
-        else:
-            unknown.append(key)
-    if unknown:
-        raise ConvertError(f"{path}: {len(unknown)} keys are neither {name} backbone nor a known head: "
-                           f"{_short(unknown)}; nothing written")
+def split_checkpoint(sd: dict, path: str, *, source: str | None = None, context=()) -> dict:
+    """Sort every tensor into backbone (torchvision keys), dropped heads or unknown; unknown is an error.
+
+    Returns "format", "label", "source", "prefix", "depth", "blocks", "backbone" and "dropped" (head ->
+    count); `source` and `context` as for detect_format."""
+    name, shown_prefix, wrapper, best = detect_format(sd, path, source=source, context=context)
+    layout = best.layout
+    if best.unknown:
+        raise ConvertError(f"{path}: {len(best.unknown)} keys are neither {name} backbone nor a known head "
+                           f"(read as {layout.label}; --source picks another layout): "
+                           f"{_short(wrapper + k for k in best.unknown)}; nothing written")
+    backbone = {tv: sd[wrapper + k] for k, tv in best.backbone.items()}
+    dropped = {}
+    for head in best.heads.values():
+        label = f"{wrapper}{head}{'*' if head.endswith('.') else ''} ({layout.heads[head]})"
+        dropped[label] = dropped.get(label, 0) + 1
     bottleneck = "layer1.0.conv3.weight" in backbone
     blocks = tuple(len({k.split(".")[1] for k in backbone if k.startswith(f"layer{s}.")})
                    for s in range(1, 5))
@@ -245,8 +232,27 @@ def split_checkpoint(sd: dict, path: str) -> dict:
         raise ConvertError(f"{path}: incomplete ResNet-{depth} under '{shown_prefix}': {problem}; "
                            "nothing written")
     check_shapes({k: tuple(v.shape) for k, v in backbone.items()}, depth, path)
-    return {"format": name, "prefix": shown_prefix, "depth": depth, "blocks": blocks, "backbone": backbone,
-            "dropped": dropped}
+    return {"format": name, "label": layout.label, "source": layout.source, "prefix": shown_prefix,
+            "depth": depth, "blocks": blocks, "backbone": backbone, "dropped": dropped}
+
+
+def read_backbone(path: str, source: str | None = None) -> dict:
+    """load_checkpoint + find_state_dict + split_checkpoint: split_checkpoint's dict plus "state_dict_at",
+    "container" (e.g. "Lightning 2.4.0 checkpoint") and "stand_ins" (metadata names not rebuilt)."""
+    ckpt, stand_ins = _load(path)
+    sd, where = find_state_dict(ckpt, path)
+    parts = split_checkpoint(sd, path, source=source, context=set(map(str, ckpt)))
+    return parts | {"state_dict_at": where, "container": _container(ckpt), "stand_ins": stand_ins}
+
+
+def _container(ckpt: dict) -> str:
+    """The training framework that wrote the file, from its top-level entries ("" if none is known)."""
+    meta = ckpt.get("meta") if isinstance(ckpt.get("meta"), dict) else {}
+    for version, what in [(ckpt.get("pytorch-lightning_version"), "Lightning"),
+                          (meta.get("mmengine_version"), "mmengine"), (meta.get("mmcv_version"), "mmcv")]:
+        if isinstance(version, str):
+            return f"{what} {version} checkpoint"
+    return "VISSL checkpoint" if "classy_state_dict" in ckpt else ""
 
 
 def atomic_write(path: str, write) -> None:
@@ -280,16 +286,17 @@ def check_output(output_path: str, fmt: str) -> None:
         raise ConvertError(f"{output_path}: output must end with {' or '.join(allowed)} for --format {fmt}")
 
 
-def convert(input_path: str, output_path: str, fmt: str = "detectron2") -> dict:
-    """Convert `input_path`, write `output_path` (.pth or .pkl); returns a summary. Raises ConvertError."""
+def convert(input_path: str, output_path: str, fmt: str = "detectron2", source: str | None = None) -> dict:
+    """Convert `input_path`, write `output_path` (.pth or .pkl); returns a summary. Raises ConvertError.
+    `source` forces one library's layout (layouts.SOURCES) instead of recognising it."""
     check_output(output_path, fmt)
     ext = os.path.splitext(output_path)[1]
     same = os.path.isfile(output_path) and os.path.isfile(input_path)
     if same and os.path.samefile(input_path, output_path):
         raise ConvertError(f"{output_path} is the input file; choose another output name")
-    ckpt = load_checkpoint(input_path)
-    sd, where = find_state_dict(ckpt, input_path)
-    parts = split_checkpoint(sd, input_path)
+    if source is not None and source not in layouts.SOURCES:
+        raise ConvertError(f"unknown --source {source!r}: use one of {', '.join(layouts.SOURCES)}")
+    parts = read_backbone(input_path, source)
     backbone = parts["backbone"]
     notes = []  # what the detectron2 config must say for these weights, where it differs from R50
     if fmt == "detectron2" and parts["depth"] in (18, 34):
@@ -315,21 +322,25 @@ def convert(input_path: str, output_path: str, fmt: str = "detectron2") -> dict:
     try:
         atomic_write(output_path, lambda f: save(payload, f))
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as RuntimeError
-        raise ConvertError(f"cannot write {output_path}: {_first_line(e)}") from None
+        raise ConvertError(f"cannot write {output_path}: {safe_load.first_line(e)}") from None
     return {"input": input_path, "output": output_path, "output_format": fmt,
-            "input_format": parts["format"], "prefix": parts["prefix"], "state_dict_at": where,
+            "input_format": parts["format"], "label": parts["label"], "source": parts["source"],
+            "container": parts["container"], "stand_ins": parts["stand_ins"], "prefix": parts["prefix"],
+            "state_dict_at": parts["state_dict_at"],
             "depth": parts["depth"], "blocks": parts["blocks"], "tensors_written": len(tensors),
             "tensors_dropped": sum(parts["dropped"].values()), "dropped": parts["dropped"], "notes": notes}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transfer.convert", description=__doc__.splitlines()[0])
-    parser.add_argument("input", help="checkpoint: FastSiam, SimSiam, MoCo v1/v2/v3 or torchvision ResNet")
+    parser.add_argument("input", help="a ResNet checkpoint (see the README's table of supported sources)")
     parser.add_argument("output", help="OUTPUT.pth (recommended) or OUTPUT.pkl")
     parser.add_argument("--format", default="detectron2", choices=("detectron2", "torchvision"))
+    parser.add_argument("--source", choices=layouts.SOURCES,
+                        help="read the file in this library's layout instead of recognising it by its keys")
     args = parser.parse_args(argv)
     try:
-        s = convert(args.input, args.output, args.format)
+        s = convert(args.input, args.output, args.format, args.source)
     except ConvertError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -338,8 +349,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dropped heads: {heads}", file=sys.stderr)
     for note in s["notes"]:
         print(f"note: {note}", file=sys.stderr)
-    prefix = f", backbone prefix '{s['prefix']}'" if s["prefix"] else ""
-    print(f"input:   {s['input_format']} checkpoint ({s['state_dict_at']}{prefix})")
+    if s["stand_ins"]:
+        print(f"note: metadata read as inert records, not rebuilt: {', '.join(s['stand_ins'])}",
+              file=sys.stderr)
+    where = ", ".join(filter(None, [s["container"], s["state_dict_at"],
+                                    s["prefix"] and f"backbone prefix '{s['prefix']}'"]))
+    print(f"input:   {s['label']} ({where})")
     print(f"depth:   ResNet-{s['depth']} (blocks {'-'.join(map(str, s['blocks']))})")
     print(f"written: {s['tensors_written']} tensors in {s['output_format']} naming -> {s['output']}")
     print(f"dropped: {s['tensors_dropped']} tensors")

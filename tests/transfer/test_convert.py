@@ -3,7 +3,6 @@
 Fake checkpoints are built here with the real key layouts (torchvision ResNets with random weights, wrapped in
 each method's prefixes); nothing is downloaded.
 """
-import argparse
 import os
 import pickle
 import subprocess
@@ -194,6 +193,13 @@ def test_without_num_batches_tracked(tmp_path, r18):
 
 # ---- bad inputs: one-line error, exit 2, nothing written, an existing output left as it was ----
 
+class Exploit:
+    """Unpickled by plain pickle, this would run a shell command; the safe loader must refuse it."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
 def _bad_inputs(tmp: str, r18: dict) -> dict:
     def save(name, obj):
         torch.save(obj, os.path.join(tmp, name))
@@ -224,8 +230,7 @@ def _bad_inputs(tmp: str, r18: dict) -> dict:
     vit = {"module.base_encoder.cls_token": torch.zeros(1, 1, 8),
            "module.base_encoder.blocks.0.attn.qkv.weight": torch.zeros(24, 8)}
     paths |= {
-        "unsafe pickle": (save("unsafe.pth", {"args": argparse.Namespace(lr=0.1), "state_dict": r18}),
-                          "argparse.Namespace"),
+        "unsafe pickle": (save("unsafe.pth", {"hook": Exploit(), "state_dict": r18}), "posix.system"),
         "a tensor": (save("tensor.pth", torch.zeros(3)), "not a checkpoint dict"),
         "no state dict": (save("nostate.pth", {"epoch": 3, "arch": "resnet50"}), "no state dict"),
         "no ResNet (ViT)": (save("vit.pth", {"state_dict": vit}), "no ResNet"),

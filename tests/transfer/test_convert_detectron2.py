@@ -16,6 +16,7 @@ from detectron2.layers import ShapeSpec  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.modeling.backbone.resnet import build_resnet_backbone  # noqa: E402
 
+from tests.transfer.library_checkpoints import CASES  # noqa: E402
 from tests.transfer.test_convert import random_resnet_sd, shape_only_sd, wrap  # noqa: E402
 from transfer import convert as cv  # noqa: E402
 from transfer import weights  # noqa: E402
@@ -60,6 +61,10 @@ def test_detectron2_backbone_matches_torchvision_features(tmp_path, arch, depth,
     net.load_state_dict(sd)
     net.eval()
 
+    assert_same_features(backbone, net)
+
+
+def assert_same_features(backbone, net: torchvision.models.ResNet) -> None:
     x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours, ref = backbone(x), torchvision_features(net, x)
@@ -67,6 +72,27 @@ def test_detectron2_backbone_matches_torchvision_features(tmp_path, arch, depth,
         assert ours[name].shape == ref[name].shape
         assert ref[name].std() > 0.05  # a real, varied signal: a misplaced tensor shows well above 1e-4
         assert (ours[name] - ref[name]).abs().max() < 1e-4, name
+
+
+@pytest.fixture(scope="module")
+def r18():
+    return random_resnet_sd("resnet18", seed=18)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_library_checkpoints_give_torchvision_features_in_detectron2(tmp_path, r18, name):
+    """lightly, solo-learn, mmselfsup/mmpretrain, VISSL, DINO, SwAV, Barlow Twins, byol-pytorch and PixPro
+    checkpoints (built as those libraries build them), converted and loaded by detectron2's own checkpointer
+    into its ResNet: the same features as torchvision's ResNet with the original weights."""
+    CASES[name](r18).save(tmp_path / "in.ckpt")
+    cv.convert(str(tmp_path / "in.ckpt"), str(tmp_path / "out.pth"))
+    backbone = build_resnet_backbone(resnet_cfg(18), ShapeSpec(channels=3)).eval()
+    DetectionCheckpointer(backbone).load(str(tmp_path / "out.pth"))
+    net = torchvision.models.resnet18()
+    net.load_state_dict(r18)
+    assert_same_features(backbone, net.eval())
+    for f in ("in.ckpt", "out.pth"):  # ~50 MB each: not kept for pytest's retention of tmp dirs
+        (tmp_path / f).unlink()
 
 
 @pytest.mark.parametrize("arch,depth", [("resnet18", 18), ("resnet34", 34), ("resnet50", 50),
