@@ -6,6 +6,7 @@
     figures/    Fig. 2 and Figs. 4-7 and their shared plotting                  (imports results)
     bench/      speed and memory figures: augmentation, training step, gpu.sh   (imports data)
     proxy/      the CIFAR-10 kNN proxy, FastSiam vs SimSiam                      (imports data)
+    evaluate/   kNN and linear probe of any checkpoint the converter reads       (imports no tools)
     benchmark/  any weights vs ImageNet weights on one's own COCO-format data    (imports launch, results)
     study/      the small-scale study, pretraining to detection                  (imports data, figures)
     ci/, install/  shell scripts: the CI Slurm cluster, the detectron2 install

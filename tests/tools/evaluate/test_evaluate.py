@@ -25,7 +25,7 @@ from tools.evaluate import features as features_mod
 from tools.evaluate.__main__ import main, topk_accuracy
 from tools.evaluate.linear import ProbeConfig, probe_scores, train_probe
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 COLOURS = {"blue": (30, 40, 200), "green": (30, 180, 40), "red": (200, 30, 30)}  # sorted: labels 0, 1, 2
 FAST = ["--image-size", "32", "--workers", "0", "--batch-size", "8", "--linear-epochs", "30"]
 
