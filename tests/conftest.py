@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +38,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("slurm") is not None and _cluster_missing():
             item.add_marker(pytest.mark.skip(reason=_cluster_missing()))
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """mktemp for module-scoped fixtures: what they make is removed once the module's tests are done, unless
+    one of them failed (then it stays for the failure's diagnosis, as a failing test's tmp_path does). Keeps
+    the temp folder's peak to the session fixtures plus one module's."""
+    made: list[Path] = []
+    failed_before = request.session.testsfailed
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    if request.session.testsfailed == failed_before:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)

@@ -30,9 +30,9 @@ RUN = ["epochs=2", "checkpoint_every=1", "save_every_epochs=1"]  # 16 images / b
 
 
 @pytest.fixture(scope="module")
-def reference(image_dir, tmp_path_factory) -> Path:
+def reference(image_dir, module_tmp) -> Path:
     """An uninterrupted 2-epoch run: the per-epoch losses every interrupted run must reproduce."""
-    out = tmp_path_factory.mktemp("reference")
+    out = module_tmp("reference")
     r = run_pretrain(image_dir, out, *RUN, "tensorboard=true")
     assert r.returncode == 0, r.stderr
     return out

@@ -49,10 +49,10 @@ def _status(capsys, out: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def reference(image_dir, tmp_path_factory) -> list[float]:
+def reference(image_dir, module_tmp) -> list[float]:
     """An uninterrupted two-rank run submitted under SBATCH_EXPORT=NONE (a site default at some centres: the
     job must carry its own environment); its losses."""
-    out = tmp_path_factory.mktemp("slurm") / "reference"
+    out = module_tmp("slurm") / "reference"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SBATCH_EXPORT", "NONE")
         mp.setenv("OMP_NUM_THREADS", "1")

@@ -111,8 +111,8 @@ def test_keys_and_shapes_equal_detectron2_resnet(tmp_path, arch, depth):
 
 
 @pytest.fixture(scope="module")
-def r50_weights(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("r50")
+def r50_weights(module_tmp):
+    tmp = module_tmp("r50")
     sd = random_resnet_sd("resnet50", seed=1)
     torch.save(wrap("moco_v2", sd)[0], tmp / "moco.pth.tar")
     cv.convert(str(tmp / "moco.pth.tar"), str(tmp / "r50.pth"))

@@ -30,9 +30,9 @@ def offline(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def fake_file(tmp_path_factory):
+def fake_file(module_tmp):
     """A file with the real torchvision ResNet-50 layout (fc included) but not torchvision's bytes."""
-    path = tmp_path_factory.mktemp("fake") / iw.FILENAME
+    path = module_tmp("fake") / iw.FILENAME
     torch.save(shape_only_sd("resnet50"), path)
     return str(path), hashlib.sha256(open(path, "rb").read()).hexdigest()
 
@@ -158,8 +158,8 @@ def write_pkl(path, obj) -> str:
 
 
 @pytest.fixture(scope="module")
-def msra(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("msra")
+def msra(module_tmp):
+    tmp = module_tmp("msra")
     blobs, names = msra_blobs()
     zoo = {"model": blobs, "__author__": "Caffe2", "matching_heuristics": True}  # detectron2's zoo layout
     paths = {"zoo": write_pkl(tmp / "R-50.pkl", zoo), "flat": write_pkl(tmp / "R-50-flat.pkl", blobs)}

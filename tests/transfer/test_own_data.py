@@ -29,9 +29,9 @@ def _json(path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def mixed(tmp_path_factory) -> dict:
+def mixed(module_tmp) -> dict:
     """Train and test files with every mask encoding, non-contiguous ids, PNG modes, EXIF, an empty image."""
-    root = tmp_path_factory.mktemp("own_mixed")
+    root = module_tmp("own_mixed")
     train = coco_files.write(root / "train", seed=0)
     test = coco_files.write(root / "test", seed=1, n_images=4, drop=("area", "iscrowd"))
     return {"train": train, "test": test, "root": root}
@@ -42,8 +42,8 @@ def _spec(name: str, pair: tuple[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def mixed_run(train_net, mixed, tmp_path_factory):
-    out = tmp_path_factory.mktemp("own_mixed_run")
+def mixed_run(train_net, mixed, module_tmp):
+    out = module_tmp("own_mixed_run")
     proc = train_net("--config-file", FPN, "--dataset-train", _spec("mix_train", mixed["train"]),
                      "--dataset-test", _spec("mix_test", mixed["test"]), "OUTPUT_DIR", out, *SHORT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -45,10 +45,10 @@ def _assert_metrics(results: dict, task: str, metrics: set) -> None:
 
 # ---------------------------------------------------------------- the four protocols
 @pytest.fixture(scope="module")
-def fpn_run(train_net, converted_weights, tmp_path_factory):
+def fpn_run(train_net, converted_weights, module_tmp):
     """Table 1 protocol with converted ResNet-18 weights, at 1 image per GPU (--ims-per-gpu 1; the config
     says batch 2)."""
-    out = tmp_path_factory.mktemp("fpn")
+    out = module_tmp("fpn")
     proc = train_net("--config-file", INSTANT / "coco_R_50_FPN_1x_instant.yaml", "--ims-per-gpu", "1",
                      "MODEL.WEIGHTS", converted_weights["resnet18"], "OUTPUT_DIR", out)
     _ok(proc)

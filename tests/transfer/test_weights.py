@@ -38,9 +38,9 @@ def cfg_of(path, device="cpu"):
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory) -> dict:
+def files(module_tmp) -> dict:
     """Every kind of file a user might pass as MODEL.WEIGHTS."""
-    tmp = tmp_path_factory.mktemp("weights_files")
+    tmp = module_tmp("weights_files")
     sd18, sd50 = random_resnet_sd("resnet18", seed=3), random_resnet_sd("resnet50", seed=4)
     out = {"sd18": sd18, "sd50": sd50}
     torch.save(wrap("fastsiam", sd18)[0], tmp / "checkpoint.pth")  # a raw pretraining checkpoint

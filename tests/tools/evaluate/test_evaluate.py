@@ -41,8 +41,8 @@ def write_tree(root: Path, per_class: int, seed: int, colours: dict = COLOURS) -
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> tuple[Path, Path]:
-    root = tmp_path_factory.mktemp("imagefolder")
+def data(module_tmp) -> tuple[Path, Path]:
+    root = module_tmp("imagefolder")
     return write_tree(root / "train", 6, seed=0), write_tree(root / "val", 3, seed=1)
 
 
@@ -100,9 +100,9 @@ def run(ckpt, train, val, out, *extra) -> tuple[int, dict | None]:
 
 
 @pytest.fixture(scope="module")
-def reference_features(data, weights, tmp_path_factory):
+def reference_features(data, weights, module_tmp):
     """Train features of the plain torchvision file: every other layout must give exactly these."""
-    tmp = tmp_path_factory.mktemp("reference")
+    tmp = module_tmp("reference")
     torch.save(weights, tmp / "tv.pth")
     rc, _ = run(tmp / "tv.pth", *data, tmp / "out", "--no-linear")
     assert rc == 0

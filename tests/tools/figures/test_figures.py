@@ -201,9 +201,9 @@ def test_fig5_png_and_errors(ablation, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- Figs. 6, 7
 @pytest.fixture(scope="module")
-def model_files(tmp_path_factory):
+def model_files(module_tmp):
     """A tiny checkpoint.pth as pretrain/ writes it, the backbone as a torchvision state dict, two images."""
-    d = tmp_path_factory.mktemp("fig67")
+    d = module_tmp("fig67")
     torch.manual_seed(0)
     m = SiameseNet(arch="resnet18", dim=64, pred_dim=16)
     cfg = {"arch": "resnet18", "dim": 64, "pred_dim": 16, "cifar_stem": False, "image_size": 48,
