@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import subprocess
@@ -66,14 +67,17 @@ def plan(args, p: dict, out: Path) -> list[Job]:
     rows = {r: v for r, v in rows_of(p).items() if not args.rows or r.split("_")[0] in args.rows}
     jobs: list[Job] = []
     common = [f"image_size={p['image_size']}", "cifar_stem=false", "workers=0", "tensorboard=false",
-              "save_every_epochs=1", f"device={args.device}", "seed=0", *p["extra"]]
+              f"device={args.device}", "seed=0", *p["extra"]]
     for method in dict.fromkeys(m for m, _ in rows.values() if m != "random"):
         epochs = (1 if method == "fastsiam" else 2) * p["epochs"]
+        # keep only the checkpoints a row takes (and their multiples): each is ~0.2 GB with its optimizer
+        keep = math.gcd(epochs, *(ep for m, ep in rows.values() if m == method))
         run = d["pretrain"] / method
         module = "tools.study.supervised" if method == "supervised" else "pretrain"
         jobs.append(Job(f"pretrain {method}", lambda run=run, e=epochs: (run / f"checkpoint_{e:04d}.pth").exists(),
                         cmd=[PY, "-m", module, "--config", CONFIGS[method], "--data", str(d["data"] / "pretrain"),
-                             "--output-dir", str(run), f"epochs={epochs}", *common], stage="pretrain"))
+                             "--output-dir", str(run), f"epochs={epochs}", f"save_every_epochs={keep}", *common],
+                        stage="pretrain"))
     for row, (method, ep) in rows.items():
         bb, w = d["backbones"] / f"{row}.pth", d["weights"] / f"{row}.pth"
         src = None if method == "random" else d["pretrain"] / method / f"checkpoint_{ep:04d}.pth"

@@ -33,6 +33,12 @@ def test_tiny_study_end_to_end_then_rerun_only_reports(tmp_path):
     assert "`tiny` preset" in md and "python -m tools.study --tiny" in md and res["scenes"]["sha256"] in md
     assert (out / "report" / "study_fig4.png").stat().st_size > 1000
     assert res["timings"]["stages"]["pretrain"]["jobs"] == 3
+    # only what a row takes is kept: the rows' pretraining epochs; no fine-tuned model (scores are all it needs)
+    kept = {m: sorted(f.name for f in (out / "pretrain" / m).glob("checkpoint_0*.pth"))
+            for m in ("fastsiam", "simsiam", "supervised")}
+    assert kept == {"fastsiam": ["checkpoint_0001.pth", "checkpoint_0002.pth"],
+                    "simsiam": ["checkpoint_0002.pth", "checkpoint_0004.pth"], "supervised": ["checkpoint_0004.pth"]}
+    assert not list((out / "det").glob("*/seed0/model_*.pth"))
 
     before = (out / "report" / "study_results.json").stat().st_mtime_ns
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
