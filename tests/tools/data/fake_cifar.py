@@ -15,5 +15,6 @@ def fake_cifar(root: Path, train=8, test=6):
             (root / split / name).mkdir(parents=True)
             for i in range(n):
                 px = rng.integers(0, 60, (32, 32, 3)) + np.array([c * 20, 250 - c * 20, 100])  # class tint
-                Image.fromarray(px.clip(0, 255).astype(np.uint8)).save(root / split / name / f"{c * n + i:05d}.png")
+                img = Image.fromarray(px.clip(0, 255).astype(np.uint8))
+                img.save(root / split / name / f"{c * n + i:05d}.png")
     return root

@@ -7,10 +7,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
+from tests.tools.data.fake_cifar import fake_cifar
 from tools.data.subsets import SubsetError, balanced_subset
 from tools.proxy.__main__ import main, parse_args
 from tools.proxy.evaluate import Evaluator
@@ -18,27 +17,15 @@ from tools.proxy.report import label, write_plot, write_table
 from tools.proxy.runs import epochs_done, plan_runs
 
 ROOT = Path(__file__).resolve().parents[3]
-CLASSES = [f"c{i}" for i in range(10)]
 TINY = ["--train-subset", "20", "--knn-test", "10", "--batch-size", "4", "--views", "320",
         "--eval-every-views", "80", "--poll", "0.1",
         "--set", "image_size=16", "dim=32", "pred_dim=8", "log_every=1", "tensorboard=false"]
 
 
-def fake_cifar(root: Path, train=4, test=2):
-    rng = np.random.default_rng(0)
-    for split, n in (("train", train), ("test", test)):
-        for c, name in enumerate(CLASSES):
-            (root / split / name).mkdir(parents=True)
-            for i in range(n):
-                px = rng.integers(0, 60, (32, 32, 3)) + np.array([c * 20, 250 - c * 20, 100])  # class tint
-                img = Image.fromarray(px.clip(0, 255).astype(np.uint8))
-                img.save(root / split / name / f"{c * n + i:05d}.png")
-
-
 # slow: five processes each import torch (~3 s CPU apiece), two pretraining runs resume: ~30 s CPU in all
 @pytest.mark.slow
 def test_flow_with_kill_and_resume(tmp_path, monkeypatch):
-    fake_cifar(tmp_path / "c10")
+    fake_cifar(tmp_path / "c10", train=4, test=2)
     out = tmp_path / "bench"
     args = ["--data", str(tmp_path / "c10"), "--out", str(out), *TINY]
     # 1) run in a child process and SIGKILL it (no clean shutdown) once FastSiam has its first kept checkpoint
@@ -83,7 +70,7 @@ def test_flow_with_kill_and_resume(tmp_path, monkeypatch):
 
 
 def test_equal_views_gives_simsiam_twice_the_epochs(tmp_path):
-    fake_cifar(tmp_path / "c10")
+    fake_cifar(tmp_path / "c10", train=4, test=2)
     args = parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), "--seeds", "0", "1",
                           *TINY])
     runs = plan_runs(args, 20)  # batch 4: 5 iterations per epoch; FastSiam 80 views/epoch, SimSiam 40
@@ -117,12 +104,12 @@ def test_missing_cache_is_a_one_line_error(tmp_path, capsys):
     assert main(["--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     assert "tools.data.cifar10" in capsys.readouterr().err
     with pytest.raises(SubsetError, match="multiple of the 10 classes"):
-        fake_cifar(tmp_path / "c10")
+        fake_cifar(tmp_path / "c10", train=4, test=2)
         balanced_subset(tmp_path / "c10" / "train", 15, seed=0)
 
 
 def test_amp_comparison_plans_one_run_per_precision(tmp_path):
-    fake_cifar(tmp_path / "c10")
+    fake_cifar(tmp_path / "c10", train=4, test=2)
     args = parse_args(["--data", str(tmp_path / "c10"), "--out", str(tmp_path / "o"), "--seeds", "0", "1",
                           "--methods", "fastsiam", "--amp", "off", "bf16", *TINY])
     runs = plan_runs(args, 20)
