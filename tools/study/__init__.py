@@ -1,7 +1,9 @@
-"""The small-scale study (docs/study.md): CIFAR-10 pretraining of each row, then Mask R-CNN on CIFAR-10
-scenes and kNN, `python -m tools.study`. rows.py defines the presets and rows, supervised.py the supervised
-row's pretraining, knn_eval.py the kNN stage, report.py study.md and its figure from the runs on disk.
+"""The small-scale study (docs/study.md): CIFAR-10 pretraining runs, then Mask R-CNN on CIFAR-10 scenes under
+several detection instruments, and kNN + linear evaluation, `python -m tools.study`. rows.py defines the
+presets, runs, rows, instruments and parts; supervised.py the supervised row's pretraining; stats.py the
+statistics; report.py the record (study_results.json), report_text.py study.md, plots.py its figures.
 
-Imports pretrain/, tools.data (scenes, subsets) and tools.figures.plotting; report.py and the stages never
-import the command line (__main__.py).
+Imports pretrain/, tools.data (scenes, subsets) and tools.figures.plotting; the evaluation stage runs
+`python -m tools.evaluate` as a subprocess. report.py and the stages never import the command line
+(__main__.py).
 """

@@ -1,5 +1,6 @@
-"""tools/study: the whole study at its --tiny size end to end, then a rerun that only regenerates the report;
-user mistakes."""
+"""tools/study: the whole study at its --tiny size end to end (every part), then a rerun that only regenerates
+the report; a rerun after cleaning up that does not pretrain again; user mistakes."""
+
 import json
 import subprocess
 import sys
@@ -12,46 +13,102 @@ from tests.tools.data.fake_cifar import fake_cifar
 ROOT = Path(__file__).resolve().parents[3]
 
 
-@pytest.mark.slow  # 3 pretraining runs, 6 conversions, 6 detectron2 runs, kNN: a minute or two on 2 cores
+@pytest.mark.slow  # 7 pretraining runs, 8 conversions and evaluations, 16 detectron2 runs: minutes on 2 cores
 def test_tiny_study_end_to_end_then_rerun_only_reports(tmp_path):
     c10 = fake_cifar(tmp_path / "c10")
     out = tmp_path / "study"
     cmd = [sys.executable, "-m", "tools.study", "--tiny", "--out", str(out), "--data", str(c10)]
-    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     res = json.loads((out / "report" / "study_results.json").read_text())
     rows = res["rows"]
-    assert set(rows) == {"random", "supervised", "simsiam_256", "simsiam_512", "fastsiam_256", "fastsiam_512"}
+    assert set(rows) == {
+        "random",
+        "supervised",
+        "simsiam_256",
+        "simsiam_512",
+        "fastsiam_256",
+        "fastsiam_512",
+        "k1",
+        "k3",
+    }
     for name, r in rows.items():
-        assert r["seeds"]["0"]["bbox"]["AP"] is not None and r["seeds"]["0"]["segm"]["AP"] is not None, name
-        assert 0 <= r["knn_top1"] <= 1, name
-    assert rows["supervised"]["views"] == rows["simsiam_512"]["views"] == rows["fastsiam_512"]["views"] == 512
+        assert 0 <= r["knn_top1"] <= 1 and 0 <= r["linear_top1"] <= 1, name
+        assert r["det"]["frozen"]["0"]["bbox"]["AP"] is not None, name  # the main instrument: every row
+    # the instrument part: random and supervised under all three; the table: 2 seeds on the main instrument
+    for row in ("random", "supervised"):
+        assert set(rows[row]["det"]) == {"finetune", "frozen", "lowdata"}
+        assert set(rows[row]["det"]["frozen"]) == {"0", "1"} and set(rows[row]["det"]["finetune"]) == {"0"}
+    assert set(rows["fastsiam_256"]["det"]) == {"frozen"} and set(rows["k1"]["det"]) == {"frozen"}
+    assert set(res["instruments"]) == {"frozen"}  # the only one with 2 seeds on both rows at this size
+    assert res["seeds_needed"]["seeds"] >= 2 and res["differences"][-1]["views"] == 512
+    # separate runs per budget, each with its own schedule: the half-budget FastSiam run has 1 epoch, not 2
+    assert rows["fastsiam_256"]["run"] == "fastsiam_b1of2" and rows["fastsiam_256"]["epochs"] == 1
+    cfg = (out / "pretrain" / "fastsiam_b1of2" / "config.yaml").read_text()
+    assert "epochs: 1" in cfg
+    # Fig. 5: K = 1 and 3 at equal views per batch (8: batch 4 x 2 views, 2 x 4 views) and equal views
+    k1, k3 = ((out / "pretrain" / k / "config.yaml").read_text() for k in ("k1", "k3"))
+    assert "num_views: 2" in k1 and "batch_size: 4" in k1 and "num_views: 4" in k3 and "batch_size: 2" in k3
+    assert rows["k1"]["views"] == rows["k3"]["views"] == 160
+    assert all(r["pretrain_cpu_s"] > 0 for r in rows.values() if r["run"] != "random")
     # the supervised backbone went through the converter as a FastSiam-layout checkpoint, classifier dropped
-    report = json.loads((out / "det" / "supervised" / "seed0" / "weights_report.json").read_text())
+    report = json.loads((out / "det" / "frozen" / "supervised" / "seed0" / "weights_report.json").read_text())
     assert report["loaded"] > 0 and not any("bottom_up" in k for k in report["not_initialised"])
+    # the low-data instrument fine-tuned on its subset: a tenth of the 6 train scenes, rounded up
+    low = json.loads((out / "data" / "scenes" / "train_0.1.json").read_text())
+    assert len(low["images"]) == 1 and {a["image_id"] for a in low["annotations"]} == {low["images"][0]["id"]}
+    assert "train_0.1.json" in (out / "logs" / "det_lowdata_random_seed0.log").read_text().splitlines()[0]
+    assert (
+        "MODEL.BACKBONE.FREEZE_AT 5"
+        in (out / "logs" / "det_frozen_random_seed0.log").read_text().splitlines()[0]
+    )
     md = (out / "report" / "study.md").read_text()
     assert "`tiny` preset" in md and "python -m tools.study --tiny" in md and res["scenes"]["sha256"] in md
-    assert (out / "report" / "study_fig4.png").stat().st_size > 1000
-    assert res["timings"]["stages"]["pretrain"]["jobs"] == 3
-    # only what a row takes is kept: the rows' pretraining epochs; no fine-tuned model (scores are all it needs)
-    kept = {m: sorted(f.name for f in (out / "pretrain" / m).glob("checkpoint_0*.pth"))
-            for m in ("fastsiam", "simsiam", "supervised")}
-    assert kept == {"fastsiam": ["checkpoint_0001.pth", "checkpoint_0002.pth"],
-                    "simsiam": ["checkpoint_0002.pth", "checkpoint_0004.pth"], "supervised": ["checkpoint_0004.pth"]}
-    assert not list((out / "det").glob("*/seed0/model_*.pth"))
+    for section in ("## Table", "## Instrument ranges", "## FastSiam - SimSiam", "## Fig. 4", "## Fig. 5"):
+        assert section in md, section
+    for fig in ("study_fig4.png", "study_fig5.png"):
+        assert (out / "report" / fig).stat().st_size > 1000
+    assert res["timings"]["stages"]["pretrain"]["jobs"] == 7
+    # only what is needed again is kept: one checkpoint a run, no fine-tuned model, no feature cache
+    assert sorted(f.name for f in (out / "pretrain" / "simsiam").glob("checkpoint_0*.pth")) == [
+        "checkpoint_0004.pth"
+    ]
+    assert not list((out / "det").glob("*/*/seed*/model_*.pth")) and not list(
+        (out / "knn").glob("*/features")
+    )
 
     before = (out / "report" / "study_results.json").stat().st_mtime_ns
     second = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "start:" not in second.stdout and second.stdout.count("done earlier") >= 3 + 6 * 3 + 1
+    assert "start:" not in second.stdout
     assert (out / "report" / "study_results.json").stat().st_mtime_ns > before
     again = json.loads((out / "report" / "study_results.json").read_text())
     assert again["rows"] == rows and len(again["commands"]) == 2
     first_run, rerun = again["commands"]
-    assert first_run["done_before"] == 0 and rerun["done_before"] == rerun["stages"] == first_run["stages"] > 20
+    assert (
+        first_run["done_before"] == 0 and first_run["stages"] == 7 + 8 * 3 + 18  # pretrain, per row, det
+    )
+    # the rerun plans only the results (and what they need): all on disk, so nothing but the report
+    assert rerun["done_before"] == rerun["stages"] == 8 + 18
     md = (out / "report" / "study.md").read_text()
     assert f"found all {rerun['stages']} stages done, only regenerated the report" in md
-    assert f"ran {first_run['stages']} of {first_run['stages']} stages in" in md
+
+    # every result is on disk: without the pretraining checkpoints and backbones nothing is redone
+    for f in [*(out / "pretrain").glob("*/checkpoint*.pth"), *(out / "backbones").glob("*.pth")]:
+        f.unlink()
+    third = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert third.returncode == 0 and "start:" not in third.stdout, third.stdout[-3000:] + third.stderr[-3000:]
+    # one more seed on the main instrument: only those runs start, from the converted weights on disk
+    more = subprocess.run(
+        cmd + ["--table-seeds", "3", "--part", "table"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    started = [
+        line.split("start: ")[1].split("  (")[0] for line in more.stdout.splitlines() if "start: " in line
+    ]
+    assert sorted(started) == sorted(
+        f"det frozen {r} seed2" for r in ("random", "supervised", "simsiam_512", "fastsiam_512")
+    )
 
 
 def test_user_mistakes_exit_2_in_one_line(tmp_path, capsys):
@@ -64,4 +121,7 @@ def test_user_mistakes_exit_2_in_one_line(tmp_path, capsys):
     assert main(["--quick", "--out", str(out), "--data", str(tmp_path / "no_cifar")]) == 2
     assert main(["--tiny", "--det-iters", "7", "--out", str(out), "--data", str(tmp_path / "no_cifar")]) == 2
     assert capsys.readouterr().err.count("other settings") == 2
-    assert main(["--tiny", "--parallel", "0", "--out", str(tmp_path / "x")]) == 2
+    for bad in (["--parallel", "0"], ["--table-seeds", "0"]):
+        assert main(["--tiny", *bad, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and bad[0] in err

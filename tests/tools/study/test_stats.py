@@ -1,0 +1,88 @@
+"""tools/study/stats.py and rows.py: the numbers docs/study.md is written from."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from tools.study import stats
+from tools.study.rows import PARTS, PRESETS, check_preset, detections_of, rows_of, runs_of
+
+
+def test_summary_and_range():
+    s = stats.summary([1.0, 2.0, 3.0, None])
+    assert s["n"] == 3 and s["mean"] == 2.0 and s["std"] == 1.0
+    assert s["ci95"] == pytest.approx(st.t.ppf(0.975, 2) / math.sqrt(3))
+    assert stats.summary([5.0])["std"] is None and stats.summary([])["mean"] is None
+    sup, rnd = stats.summary([10.0, 11.0, 12.0]), stats.summary([1.0, 2.0, 3.0])
+    r = stats.instrument_range(sup, rnd)
+    assert r["difference"] == 9.0 and r["pooled_std"] == 1.0 and r["range"] == 9.0 and r["passes"]
+    assert stats.instrument_range(stats.summary([1.0]), rnd) is None
+
+
+def test_seeds_needed_is_the_smallest_n_whose_difference_interval_is_narrow_enough():
+    for std in (0.1, 0.43, 0.9):
+        n = stats.seeds_needed(std, 0.5)
+        half = [st.t.ppf(0.975, 2 * k - 2) * std * math.sqrt(2 / k) for k in (n - 1, n)]
+        assert half[1] <= 0.5 and (n == 2 or half[0] > 0.5)
+    assert stats.seeds_needed(0.43) == 8 and stats.seeds_needed(10.0, most=20) == 20
+
+
+def test_difference_is_welch():
+    a, b = [20.0, 21.0, 22.0, 23.0], [19.0, 19.5, 20.0]
+    d = stats.difference(a, b)
+    ref = st.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
+    assert d["difference"] == pytest.approx(np.mean(a) - np.mean(b))
+    assert d["ci95"] == pytest.approx([ref.low, ref.high])
+    assert stats.difference([1.0], b) is None
+
+
+def test_reach_and_speedup():
+    assert stats.reach([(0, 0.0), (10, 1.0)], 0.5) == 5.0
+    assert stats.reach([(0, 0.0), (10, 1.0)], 2.0) is None
+    # FastSiam at costs 100/200/400 reaches SimSiam's final 0.378 between 100 and 200: at 170 -> 800 / 170
+    s = stats.speedup([(100, [0.35]), (200, [0.39]), (400, [0.408])], 800, [0.378], [0.274], test_size=5000)
+    assert s["factor"] == pytest.approx(800 / 170) and not s["before_first"] and s["reached"] > 0.9
+    assert s["ci95"][0] < s["factor"] < s["ci95"][1]
+    # without test-set noise and single values the interval collapses on the estimate
+    s = stats.speedup([(100, [0.35]), (200, [0.39])], 800, [0.378], [0.274])
+    assert s["ci95"] == pytest.approx([800 / 170, 800 / 170])
+    # never reached: factor 0; reached before the first budget, on the line from the initial weights
+    assert stats.speedup([(100, [0.30]), (200, [0.31])], 800, [0.378], [0.274])["factor"] == 0
+    s = stats.speedup([(100, [0.5])], 800, [0.378], [0.274])
+    assert s["before_first"] and s["factor"] == pytest.approx(800 / (100 * (0.378 - 0.274) / (0.5 - 0.274)))
+    # seeds: a bootstrap over them gives an interval that contains the estimate
+    s = stats.speedup(
+        [(100, [17.0, 18.0, 17.5]), (200, [19.0, 19.6, 19.3])], 400, [19.2, 19.4, 19.0], [16.0, 16.5]
+    )
+    assert s["ci95"][0] <= s["factor"] <= s["ci95"][1] and s["factor"] == pytest.approx(400 / 195, rel=0.05)
+
+
+def test_presets_runs_and_parts():
+    for p in PRESETS.values():
+        check_preset(p)
+        runs, rows = runs_of(p), rows_of(p)
+        # equal compute at every budget: the same views for FastSiam, SimSiam (and supervised at full budget)
+        for b in p["budgets"]:
+            views = {
+                r["views"] for r in runs.values() if r.get("budget") == b and r["method"] != "supervised"
+            }
+            assert len(views) == 1, (b, views)
+        # Fig. 5: equal views and equal steps for every K, from views per batch and per image
+        ks = [r for r in runs.values() if "k" in r]
+        assert len({r["views"] for r in ks}) == 1 and [r["k"] for r in ks] == list(p["fig5"]["ks"])
+        for r in ks:
+            batch = int(next(o for o in r["overrides"] if o.startswith("batch_size=")).split("=")[1])
+            assert batch * (r["k"] + 1) == p["fig5"]["views_per_batch"]
+        dets = detections_of(p, PARTS)
+        assert len(dets) == len(set(dets)) and {row for _, row, _ in dets} == set(rows)
+        instrument = detections_of(p, ("instrument",))
+        assert {row for _, row, _ in instrument} == {"random", "supervised"}
+        assert {i for i, _, _ in instrument} == {"finetune", "frozen", "lowdata"}
+    full = PRESETS["full"]
+    assert runs_of(full)["fastsiam_b1of4"]["epochs"] == 2 and runs_of(full)["simsiam_b1of4"]["epochs"] == 4
+    assert {r["views"] for r in runs_of(full).values() if "k" in r} == {288000}
+    bad = {**full, "fig5": {**full["fig5"], "views_per_batch": 100}}
+    with pytest.raises(ValueError, match="K=2"):
+        check_preset(bad)
