@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tools.data import scenes
 from tools.data.subsets import SubsetError
-from tools.study import report
+from tools.study import carry, report
 from tools.study.jobs import run_jobs, save_json
 from tools.study.plan import StudyError, plan, prepare_data
 from tools.study.rows import INSTRUMENTS, MAIN_INSTRUMENT, PARTS, PRESETS, check_preset
@@ -79,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="detectron2 iterations for every row (the instrument's size; the preset's by default)",
     )
+    ap.add_argument(
+        "--import",
+        dest="record",
+        type=Path,
+        help="continue from a report's study_results.json (e.g. docs/study_results.json): its scores and "
+        "timings are written into OUT where missing (tools/study/carry.py)",
+    )
     ap.add_argument("--parallel", type=int, default=2, help="subprocesses at a time (one thread each)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = ap.parse_args(argv)
@@ -94,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("parallel", "det_iters", "table_seeds"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise StudyError(f"--{name.replace('_', '-')} must be at least 1")
+        record = None if args.record is None else carry.read_record(args.record)
+        if record is not None:
+            carry.check(record, args.record, preset, p, record["scenes"] and record["scenes"].get("sha256"))
         out.mkdir(parents=True, exist_ok=True)
         state_path = out / "study.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -116,13 +126,19 @@ def main(argv: list[str] | None = None) -> int:
         save_json(state_path, state)
         print(f"study ({preset}) -> {out}", flush=True)
         manifest = prepare_data(args, p, out)
+        if record is not None:
+            carry.check(record, args.record, preset, p, manifest["sha256"])
+            n = carry.import_record(record, args.record, out, state)
+            save_json(state_path, state)
+            print(f"  imported from {args.record}: {n['det']} detection scores, {n['eval']} evaluations, "
+                  f"{n['timings']} timings", flush=True)
         print(f"  scenes: {manifest['counts']}, sha256 {manifest['sha256'][:16]}...", flush=True)
         timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
         jobs = plan(args, p, out)
         # what this invocation found done: the report shows that a rerun of a finished study only reports
         state["invocations"][-1].update(stages=len(jobs), done_before=sum(bool(j.done()) for j in jobs))
         failed = run_jobs(jobs, out, args.parallel, timings)
-    except (StudyError, SubsetError, scenes.SceneError) as e:
+    except (StudyError, SubsetError, scenes.SceneError, carry.CarryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     state["invocations"][-1].update(finished=time.time(), failed=len(failed))

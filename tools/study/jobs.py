@@ -17,6 +17,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+            return next(names, "unknown")
+    except OSError:
+        return "unknown"
+
+
+CPU_MODEL = cpu_model()
+
+
 @dataclass
 class Job:
     name: str
@@ -60,6 +72,8 @@ def run_jobs(jobs: list[Job], out: Path, parallel: int, timings: dict) -> list[J
         """CPU and wall seconds of a job, summed over its attempts (an interrupted run resumes later)."""
         t = timings.get(name, {"stage": stage, "wall_s": 0.0, "cpu_s": 0.0, "attempts": 0})
         t.update(
+            # CPU seconds (Fig. 4's axis) compare only on one CPU model: a resume elsewhere is recorded
+            cpu=CPU_MODEL if t.get("cpu", CPU_MODEL) == CPU_MODEL else f"{t['cpu']} + {CPU_MODEL}",
             wall_s=round(t["wall_s"] + wall, 1),
             attempts=t.get("attempts", 1) + 1,
             cpu_s=round(t["cpu_s"] + usage.ru_utime + usage.ru_stime, 1),

@@ -74,6 +74,7 @@ def collect(out: Path, p: dict, preset: str, main: str) -> dict:
         entry = {
             **r,
             "pretrain_cpu_s": timings.get(f"pretrain {r['run']}", {}).get("cpu_s"),
+            "pretrain_cpu": timings.get(f"pretrain {r['run']}", {}).get("cpu"),
             "overrides": runs.get(r["run"], {}).get("overrides", []),
             "knn_top1": knn.get("top1"),
             "knn_top5": knn.get("top5"),
@@ -200,6 +201,10 @@ def speedups(rows: dict, main: str, p: dict) -> dict:
         for axis in ("cpu_s", "views"):
             cost = (lambda r: r["pretrain_cpu_s"]) if axis == "cpu_s" else (lambda r: r["views"])
             if cost(slow) is None or any(cost(r) is None for r in fast):
+                continue
+            cpus = sorted({str(r["pretrain_cpu"]) for r in [*fast, slow]})
+            if axis == "cpu_s" and len(cpus) > 1:  # CPU seconds of different CPU models do not compare
+                out[f"{metric}/{axis}"] = {"mixed_cpus": cpus}
                 continue
             out[f"{metric}/{axis}"] = speedup(
                 [(cost(r), vals(r, metric)) for r in fast],

@@ -176,6 +176,10 @@ def fig4(res: dict, main: str) -> list[str]:
         unit = "pretraining CPU time" if axis == "cpu_s" else "views"
         if s is None:
             continue
+        if "mixed_cpus" in s:
+            out.append(f"- {names[metric]}: no factor in CPU time, the runs were timed on different CPUs "
+                       f"({'; '.join(s['mixed_cpus'])}).")
+            continue
         if s["factor"] == float("inf"):
             out.append(
                 f"- {names[metric]}: the initial weights already reach SimSiam's final {s['target']:.3g}."
@@ -251,7 +255,8 @@ def invocation_summary(c: dict) -> str:
 def run_record(res: dict) -> list[str]:
     out = ["## Run", ""]
     for c in res["commands"]:
-        out.append(f"- `{c['command']}`{invocation_summary(c)}")
+        imported = " (imported with the record)" if c.get("imported_from") else ""
+        out.append(f"- `{c['command']}`{invocation_summary(c)}{imported}")
     sc = res["scenes"] or {}
     if sc:
         c, st = sc["counts"], sc["settings"]

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[3]
 def test_tiny_study_end_to_end_then_rerun_only_reports(tmp_path):
     c10 = fake_cifar(tmp_path / "c10")
     out = tmp_path / "study"
-    cmd = [sys.executable, "-m", "tools.study", "--tiny", "--out", str(out), "--data", str(c10)]
+    cmd = [sys.executable, "-m", "tools.study", "--tiny", "--out", str(out), "--data", str(c10),
+           "--instrument", "frozen"]  # the main instrument of these assertions, whatever rows.py's is
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     res = json.loads((out / "report" / "study_results.json").read_text())
@@ -110,6 +111,26 @@ def test_tiny_study_end_to_end_then_rerun_only_reports(tmp_path):
         f"det frozen {r} seed2" for r in ("random", "supervised", "simsiam_512", "fastsiam_512")
     )
 
+    # a fresh folder continues from the record alone (another session, no runs on disk): nothing starts and
+    # the report holds the same rows, timings and commands, the carried ones marked
+    record_path = out / "report" / "study_results.json"
+    record = json.loads(record_path.read_text())
+    fresh = [sys.executable, "-m", "tools.study", "--tiny", "--out", str(tmp_path / "fresh"),
+             "--data", str(c10), "--instrument", "frozen"]
+    cont = subprocess.run(fresh + ["--import", str(record_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    assert cont.returncode == 0 and "start:" not in cont.stdout, cont.stdout[-3000:] + cont.stderr[-3000:]
+    assert "imported from" in cont.stdout
+    carried = json.loads((tmp_path / "fresh" / "report" / "study_results.json").read_text())
+    assert carried["rows"] == record["rows"] and carried["speedup"] == record["speedup"]
+    assert len(carried["commands"]) == len(record["commands"]) + 1
+    assert all(c.get("imported_from") for c in carried["commands"][:-1])
+    # another preset's folder refuses the record before anything is written
+    quick = [sys.executable, "-m", "tools.study", "--quick", "--out", str(tmp_path / "q"), "--data", str(c10)]
+    refused = subprocess.run(quick + ["--import", str(record_path)], cwd=ROOT, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2 and "other settings" in refused.stderr and not (tmp_path / "q").exists()
+
 
 def test_user_mistakes_exit_2_in_one_line(tmp_path, capsys):
     from tools.study.__main__ import main
@@ -121,7 +142,9 @@ def test_user_mistakes_exit_2_in_one_line(tmp_path, capsys):
     assert main(["--quick", "--out", str(out), "--data", str(tmp_path / "no_cifar")]) == 2
     assert main(["--tiny", "--det-iters", "7", "--out", str(out), "--data", str(tmp_path / "no_cifar")]) == 2
     assert capsys.readouterr().err.count("other settings") == 2
-    for bad in (["--parallel", "0"], ["--table-seeds", "0"]):
+    (tmp_path / "broken.json").write_text("{not json")
+    for bad in (["--parallel", "0"], ["--table-seeds", "0"], ["--import", str(tmp_path / "broken.json")],
+                ["--import", str(tmp_path / "missing.json")]):
         assert main(["--tiny", *bad, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and bad[0] in err
