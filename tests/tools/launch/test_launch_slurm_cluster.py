@@ -75,7 +75,10 @@ def test_two_cells_through_every_state_and_no_duplicate_job(tmp_path, monkeypatc
     wait_for(lambda: (cells[0] / "env.json").exists(), "the first cell to start")
     st = _status(args, capsys)
     assert st["seed0"].split()[0] == "running" and st["seed0"].endswith(f"job {jobs[0]}")
-    assert st["seed1"].split()[0] == "queued" and f"job {jobs[1]}: pending (" in st["seed1"]
+    assert st["seed1"].split()[0] == "queued" and f"job {jobs[1]}: pending" in st["seed1"]
+    # squeue gives a pending job its reason once the scheduler has looked at it (on a loaded machine, after
+    # the first status call): the status line shows it then
+    wait_for(lambda: f"job {jobs[1]}: pending (" in _status(args, capsys)["seed1"], "the pending reason")
     subprocess.run(["scontrol", "hold", jobs[1]], check=True, timeout=30)
     assert f"job {jobs[1]}: held (JobHeld" in _status(args, capsys)["seed1"]
     assert launch_main(args) == 0  # rerun: both are Slurm's, neither is submitted again
