@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise StudyError(f"--{name.replace('_', '-')} must be at least 1")
         record = None if args.record is None else carry.read_record(args.record)
         if record is not None:
-            carry.check(record, args.record, preset, p, record["scenes"] and record["scenes"].get("sha256"))
+            carry.check(record, args.record, preset, p)  # before anything is written; the scenes after
         out.mkdir(parents=True, exist_ok=True)
         state_path = out / "study.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {}

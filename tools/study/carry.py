@@ -31,13 +31,14 @@ def read_record(path: Path) -> dict:
     return rec
 
 
-def check(rec: dict, path: Path, preset: str, p: dict, scenes_sha256: str) -> None:
+def check(rec: dict, path: Path, preset: str, p: dict, scenes_sha256: str | None = None) -> None:
+    """The record's preset and settings match; and its scenes, once they are built (scenes_sha256 given)."""
     def fixed(s: dict) -> dict:
         return {k: v for k, v in s.items() if k != "table_seeds"}
 
     if rec["preset"] != preset or fixed(rec["settings"]) != fixed(json.loads(json.dumps(p))):
         raise CarryError(f"--import {path}: made with other settings (--{rec['preset']} preset)")
-    if (rec["scenes"] or {}).get("sha256") != scenes_sha256:
+    if scenes_sha256 is not None and (rec["scenes"] or {}).get("sha256") != scenes_sha256:
         theirs = (rec["scenes"] or {}).get("sha256")
         raise CarryError(f"--import {path}: made on other scenes (sha256 {theirs}, here {scenes_sha256})")
 

@@ -23,6 +23,13 @@ def _score(r: dict, metric: str, main: str) -> tuple[float | None, float]:
     return (None, 0.0) if r[metric] is None else (100 * r[metric], 0.0)
 
 
+def _curve(ax, pts: list[tuple[float, float, float]], colour: str, label: str | None = None) -> None:
+    """(x, mean, std) points as a line with std bars; nothing when there are none."""
+    if pts:
+        ax.errorbar([x for x, _, _ in pts], [y for _, y, _ in pts], yerr=[e for _, _, e in pts], fmt="o-",
+                    color=colour, capsize=3, label=label)
+
+
 def fig4(res: dict, path: Path) -> None:
     main, rows = res["main_instrument"], res["rows"]
     fig, axes = plt.subplots(2, 2, figsize=(10, 7.5))
@@ -43,16 +50,7 @@ def fig4(res: dict, path: Path) -> None:
                 )
                 if start[0] is not None and pts:
                     pts = [(0, *start), *pts]  # every run starts from the same initial weights
-                if pts:
-                    ax.errorbar(
-                        [x for x, _, _ in pts],
-                        [y for _, y, _ in pts],
-                        yerr=[e for _, _, e in pts],
-                        fmt="o-",
-                        color=colour,
-                        capsize=3,
-                        label=LABELS[method],
-                    )
+                _curve(ax, pts, colour, LABELS[method])
             for row, style in (("supervised", "--"), ("random", ":")):
                 if row in rows and _score(rows[row], metric, main)[0] is not None:
                     ax.axhline(_score(rows[row], metric, main)[0], color="grey", ls=style, label=LABELS[row])
@@ -75,15 +73,7 @@ def fig5(res: dict, path: Path) -> None:
         axes, (("knn_top1", "kNN top-1 (%)"), ("AP", f"AP^bb, {main} (%)")), strict=True
     ):
         pts = [(r["k"], *_score(r, metric, main)) for r in rows if _score(r, metric, main)[0] is not None]
-        if pts:
-            ax.errorbar(
-                [k for k, _, _ in pts],
-                [y for _, y, _ in pts],
-                yerr=[e for _, _, e in pts],
-                fmt="o-",
-                capsize=3,
-                color="C0",
-            )
+        _curve(ax, pts, "C0")
         ax.set(xlabel="target views K (K = 1: SimSiam)", ylabel=name, xticks=[r["k"] for r in rows] or [1])
         ax.grid(alpha=0.3)
     fig.suptitle(f"Number of target views at equal compute ({res['preset']} preset)", fontsize=10)

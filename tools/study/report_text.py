@@ -35,6 +35,13 @@ def ap(r: dict, inst: str, key: str = "bbox/AP") -> dict | None:
     return r["summary"].get(inst, {}).get(key)
 
 
+def run_cells(r: dict, main: str) -> str:
+    """A pretraining run's cells of Fig. 4's and Fig. 5's tables: CPU s | kNN | linear | AP | n."""
+    m = ap(r, main)
+    cpu = "-" if r["pretrain_cpu_s"] is None else f"{r['pretrain_cpu_s']:,.0f}"
+    return f"{cpu} | {pct(r['knn_top1'])} | {pct(r['linear_top1'])} | {fmt(m)} | {m['n'] if m else 0}"
+
+
 def sections(res: dict) -> list[str]:
     main = res["main_instrument"]
     lines = [
@@ -163,12 +170,7 @@ def fig4(res: dict, main: str) -> list[str]:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        m = ap(r, main)
-        cpu = "-" if r["pretrain_cpu_s"] is None else f"{r['pretrain_cpu_s']:,.0f}"
-        out.append(
-            f"| {r['run']} | {r['budget']:g} | {r['views']:,} | {cpu} | {pct(r['knn_top1'])} | "
-            f"{pct(r['linear_top1'])} | {fmt(m)} | {m['n'] if m else 0} |"
-        )
+        out.append(f"| {r['run']} | {r['budget']:g} | {r['views']:,} | {run_cells(r, main)} |")
     out += ["", "![kNN top-1 and AP against views and pretraining CPU time](study_fig4.png)", ""]
     names = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1", "AP": f"AP^bb ({main})"}
     for key, s in res["speedup"].items():
@@ -226,12 +228,7 @@ def fig5(res: dict, main: str) -> list[str]:
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        m = ap(r, main)
-        cpu = "-" if r["pretrain_cpu_s"] is None else f"{r['pretrain_cpu_s']:,.0f}"
-        out.append(
-            f"| {r['k']} | {r['views']:,} | {cpu} | {pct(r['knn_top1'])} | {pct(r['linear_top1'])} | "
-            f"{fmt(m)} | {m['n'] if m else 0} |"
-        )
+        out.append(f"| {r['k']} | {r['views']:,} | {run_cells(r, main)} |")
     return out + ["", "![kNN top-1 and AP against K](study_fig5.png)", ""]
 
 
