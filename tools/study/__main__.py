@@ -3,6 +3,7 @@
     python -m tools.data.cifar10                                   # once: data/cifar10/{train,test}
     python -m tools.study --out runs/study                        # every part (docs/study.md: hours)
     python -m tools.study --out runs/study --part instrument      # one part: the instrument ranges first
+    python -m tools.study --out runs/study --part table --rows simsiam_319488   # one row of a part
     python -m tools.study --out runs/study_quick --quick          # the same pipeline at a small size
 
 Parts (tools/study/rows.py): `instrument` (random and supervised under every detection protocol: finetune,
@@ -34,7 +35,7 @@ from tools.data.subsets import SubsetError
 from tools.study import carry, report
 from tools.study.jobs import run_jobs, save_json
 from tools.study.plan import StudyError, plan, prepare_data
-from tools.study.rows import INSTRUMENTS, MAIN_INSTRUMENT, PARTS, PRESETS, check_preset
+from tools.study.rows import INSTRUMENTS, MAIN_INSTRUMENT, PARTS, PRESETS, check_preset, detections_of
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=PARTS,
         default=list(PARTS),
         help="only these parts (tools/study/rows.py), e.g. the instrument ranges alone: instrument",
+    )
+    ap.add_argument(
+        "--rows",
+        nargs="+",
+        metavar="ROW",
+        help="only these rows of the parts (e.g. fig4's simsiam_79872 fastsiam_79872): a share that one "
+        "session can finish, since checkpoints do not carry over with --import",
     )
     ap.add_argument(
         "--instrument",
@@ -101,6 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("parallel", "det_iters", "table_seeds"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise StudyError(f"--{name.replace('_', '-')} must be at least 1")
+        if args.rows:
+            dets = detections_of(p, tuple(args.part), args.instrument)
+            known = list(dict.fromkeys(row for _, row, _ in dets))
+            unknown = [r for r in args.rows if r not in known]
+            if unknown:
+                raise StudyError(f"--rows {' '.join(unknown)}: not a row of --part {' '.join(args.part)} "
+                                 f"(its rows: {' '.join(known)})")
         record = None if args.record is None else carry.read_record(args.record)
         if record is not None:
             carry.check(record, args.record, preset, p)  # before anything is written; the scenes after

@@ -148,3 +148,28 @@ def test_user_mistakes_exit_2_in_one_line(tmp_path, capsys):
         assert main(["--tiny", *bad, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and bad[0] in err
+
+
+def test_rows_plan_only_their_stages(tmp_path, capsys):
+    """--rows: a share of a part that one session can finish (checkpoints do not carry over with --import)."""
+    import argparse
+
+    from tools.study.__main__ import main
+    from tools.study.plan import plan
+    from tools.study.rows import PRESETS
+
+    p = json.loads(json.dumps(PRESETS["tiny"]))
+    args = argparse.Namespace(part=["fig4"], instrument="frozen", rows=["simsiam_256", "fastsiam_256"],
+                              device="cpu")
+    names = [j.name for j in plan(args, p, tmp_path / "study")]
+    assert "pretrain simsiam_b1of2" in names and "pretrain fastsiam_b1of2" in names
+    assert not any("512" in n or n in ("pretrain simsiam", "pretrain fastsiam") for n in names), names
+    assert {n for n in names if n.startswith("det ")} == {"det frozen simsiam_256 seed0",
+                                                         "det frozen fastsiam_256 seed0"}
+    args.rows = None  # the whole part: its full-budget points too
+    assert "pretrain simsiam" in [j.name for j in plan(args, p, tmp_path / "study")]
+    # a row outside the parts is refused in one line before anything is written
+    assert main(["--tiny", "--part", "fig4", "--rows", "k1", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--rows k1" in err and "simsiam_256" in err
+    assert not (tmp_path / "x").exists()
