@@ -173,6 +173,9 @@ def fig4(res: dict, main: str) -> list[str]:
         out.append(f"| {r['run']} | {r['budget']:g} | {r['views']:,} | {run_cells(r, main)} |")
     out += ["", "![kNN top-1 and AP against views and pretraining CPU time](study_fig4.png)", ""]
     names = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1", "AP": f"AP^bb ({main})"}
+    if not res["speedup"]:
+        out.append("- No factor yet: it needs SimSiam's full-budget run (the table's row), FastSiam's runs "
+                   "and the random init, all scored.")
     for key, s in res["speedup"].items():
         metric, axis = key.split("/")
         unit = "pretraining CPU time" if axis == "cpu_s" else "views"

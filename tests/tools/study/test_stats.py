@@ -86,3 +86,16 @@ def test_presets_runs_and_parts():
     bad = {**full, "fig5": {**full["fig5"], "views_per_batch": 100}}
     with pytest.raises(ValueError, match="K=2"):
         check_preset(bad)
+
+
+def test_fig4_section_says_why_there_is_no_factor():
+    """Fig. 4's budget runs done before the table's full-budget ones (--rows): the page says what is missing
+    instead of a factor."""
+    from tools.study import report_text
+
+    row = dict(method="fastsiam", k=None, run="fastsiam_b1of4", budget=0.25, views=100, pretrain_cpu_s=5.0,
+               knn_top1=0.3, linear_top1=0.4,
+               summary={"lowdata": {"bbox/AP": {"mean": 16.0, "std": 0.5, "n": 3}}})
+    text = "\n".join(report_text.fig4({"rows": {"fastsiam_100": row}, "speedup": {}}, "lowdata"))
+    assert "No factor yet" in text
+    assert "| fastsiam_b1of4 | 0.25 | 100 | 5 | 30.0 | 40.0 | 16.0 ± 0.5 | 3 |" in text
