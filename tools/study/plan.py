@@ -31,7 +31,7 @@ def plan(args, p: dict, out: Path) -> list[Job]:
     d = {k: out / k for k in ("data", "pretrain", "backbones", "weights", "knn", "det", "logs")}
     all_rows, runs = rows_of(p), runs_of(p)
     dets = detections_of(p, tuple(args.part), args.instrument)
-    if getattr(args, "rows", None):  # a session-sized share of the parts (--rows)
+    if args.rows:  # a session-sized share of the parts (--rows)
         dets = [x for x in dets if x[1] in args.rows]
     rows = {r: all_rows[r] for r in dict.fromkeys(row for _, row, _ in dets)}
     jobs: list[Job] = []
