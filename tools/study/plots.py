@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from matplotlib.ticker import FuncFormatter
+
 from tools.figures.plotting import plt, save_figure
+
+# "80k" rather than "80000": six-digit view counts run into each other on a half-width axis
+THOUSANDS = FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0")
 
 LABELS = {
     "random": "Random init",
@@ -55,6 +60,8 @@ def fig4(res: dict, path: Path) -> None:
                 if row in rows and _score(rows[row], metric, main)[0] is not None:
                     ax.axhline(_score(rows[row], metric, main)[0], color="grey", ls=style, label=LABELS[row])
             ax.set(xlabel=xlabel, ylabel=name)
+            if axis == "views":
+                ax.xaxis.set_major_formatter(THOUSANDS)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.suptitle(

@@ -1,4 +1,4 @@
-"""tools/study/stats.py and rows.py: the numbers docs/study.md is written from."""
+"""tools/study/stats.py, rows.py and plots.py: the numbers and figures docs/study.md is written from."""
 
 import math
 
@@ -99,3 +99,10 @@ def test_fig4_section_says_why_there_is_no_factor():
     text = "\n".join(report_text.fig4({"rows": {"fastsiam_100": row}, "speedup": {}}, "lowdata"))
     assert "No factor yet" in text
     assert "| fastsiam_b1of4 | 0.25 | 100 | 5 | 30.0 | 40.0 | 16.0 ± 0.5 | 3 |" in text
+
+
+def test_fig4_views_axis_reads_in_thousands():
+    """Six-digit view counts ran into each other as tick labels on Fig. 4's half-width panels."""
+    from tools.study.plots import THOUSANDS
+
+    assert [THOUSANDS(x, None) for x in (0, 20000, 160000, 2500)] == ["0", "20k", "160k", "2.5k"]
