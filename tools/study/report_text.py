@@ -192,7 +192,8 @@ def fig4(res: dict, main: str) -> list[str]:
         elif s["factor"] == 0:
             out.append(
                 f"- {names[metric]}: FastSiam does not reach SimSiam's final {s['target']:.3g} within its "
-                f"budgets ({unit}; reached in {s['reached']:.0%} of the bootstrap draws)."
+                f"budgets ({unit}), so the factor is **below {s['below']:.2f}**, if FastSiam reaches it at "
+                f"all (reached in {s['reached']:.0%} of the bootstrap draws)."
             )
         else:
             lo, hi = s["ci95"]

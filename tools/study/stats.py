@@ -98,7 +98,8 @@ def speedup(
     Interval: a bootstrap. A score with several seeds is redrawn as the mean of a resample of them; a single
     score (kNN top-1, a fraction) is redrawn as Binomial(test_size, score) / test_size when test_size is given
     (the noise of a finite test set), else kept. A draw in which fast never reaches the target counts as a
-    factor of 0; `reached` is the share of draws in which it did. `before_first`: the point estimate lies
+    factor of 0; `reached` is the share of draws in which it did; `below`: slow_cost / fast's largest cost,
+    the bound a factor not reached within fast's budgets lies under. `before_first`: the point estimate lies
     before fast's first measured point, on the straight line from the initial weights (an interpolation).
     """
     pts = sorted((c, np.array(v, dtype=float)) for c, v in fast if v)
@@ -131,5 +132,6 @@ def speedup(
         "reached": float((boot > 0).mean()),
         "target": float(slow_v.mean()),
         "cost": cost,
+        "below": slow_cost / pts[-1][0] if pts[-1][0] > 0 else math.inf,
         "before_first": cost is not None and cost < pts[0][0],
     }

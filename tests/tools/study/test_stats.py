@@ -49,7 +49,8 @@ def test_reach_and_speedup():
     s = stats.speedup([(100, [0.35]), (200, [0.39])], 800, [0.378], [0.274])
     assert s["ci95"] == pytest.approx([800 / 170, 800 / 170])
     # never reached: factor 0; reached before the first budget, on the line from the initial weights
-    assert stats.speedup([(100, [0.30]), (200, [0.31])], 800, [0.378], [0.274])["factor"] == 0
+    s = stats.speedup([(100, [0.30]), (200, [0.31])], 800, [0.378], [0.274])
+    assert s["factor"] == 0 and s["below"] == 4.0  # not reached by cost 200: sooner than 800 / 200 is ruled out
     s = stats.speedup([(100, [0.5])], 800, [0.378], [0.274])
     assert s["before_first"] and s["factor"] == pytest.approx(800 / (100 * (0.378 - 0.274) / (0.5 - 0.274)))
     # seeds: a bootstrap over them gives an interval that contains the estimate
@@ -106,3 +107,14 @@ def test_fig4_views_axis_reads_in_thousands():
     from tools.study.plots import THOUSANDS
 
     assert [THOUSANDS(x, None) for x in (0, 20000, 160000, 2500)] == ["0", "20k", "160k", "2.5k"]
+
+
+def test_fig4_section_bounds_a_factor_not_reached():
+    """FastSiam's budgets so far below SimSiam's full-budget score: the page says the factor's upper bound."""
+    from tools.study import report_text
+
+    s = stats.speedup([(100, [0.30]), (200, [0.31])], 800, [0.378], [0.274], test_size=5000)
+    row = dict(method="fastsiam", k=None, run="fastsiam_b1of4", budget=0.25, views=200, pretrain_cpu_s=5.0,
+               knn_top1=0.31, linear_top1=0.4, summary={})
+    text = "\n".join(report_text.fig4({"rows": {"f": row}, "speedup": {"knn_top1/views": s}}, "lowdata"))
+    assert "does not reach SimSiam's final 0.378" in text and "factor is **below 4.00**" in text
