@@ -50,7 +50,7 @@ def test_reach_and_speedup():
     assert s["ci95"] == pytest.approx([800 / 170, 800 / 170])
     # never reached: factor 0; reached before the first budget, on the line from the initial weights
     s = stats.speedup([(100, [0.30]), (200, [0.31])], 800, [0.378], [0.274])
-    assert s["factor"] == 0 and s["below"] == 4.0  # not reached by cost 200: sooner than 800 / 200 is ruled out
+    assert s["factor"] == 0 and s["below"] == 4.0  # unreached by cost 200: not 800 / 200 sooner
     s = stats.speedup([(100, [0.5])], 800, [0.378], [0.274])
     assert s["before_first"] and s["factor"] == pytest.approx(800 / (100 * (0.378 - 0.274) / (0.5 - 0.274)))
     # seeds: a bootstrap over them gives an interval that contains the estimate
