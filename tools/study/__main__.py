@@ -152,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         jobs = plan(args, p, out)
         # what this invocation found done: the report shows that a rerun of a finished study only reports
         state["invocations"][-1].update(stages=len(jobs), done_before=sum(bool(j.done()) for j in jobs))
-        failed = run_jobs(jobs, out, args.parallel, timings)
+        try:
+            failed = run_jobs(jobs, out, args.parallel, timings)
+        except SystemExit:  # SIGINT/SIGTERM (jobs.run_jobs): the report's wall time counts up to here
+            state["invocations"][-1].update(interrupted=time.time())
+            save_json(state_path, state)
+            raise
     except (StudyError, SubsetError, scenes.SceneError, carry.CarryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -124,11 +124,24 @@ def collect(out: Path, p: dict, preset: str, main: str) -> dict:
     res["timings"] = {
         "stages": stages,
         "jobs": timings,
-        "study_wall_s": round(
-            sum(i.get("finished", i["started"]) - i["started"] for i in res["commands"]), 1
-        ),
+        "study_wall_s": round(busy_wall(res["commands"]), 1),
     }
     return res
+
+
+def ended(c: dict) -> float:
+    """When an invocation stopped: finished, interrupted (a signal), or unknown (killed: counted as 0 s)."""
+    return c.get("finished", c.get("interrupted", c["started"]))
+
+
+def busy_wall(commands: list[dict]) -> float:
+    """Wall seconds in which at least one invocation ran: shares of a study may run side by side (two
+    --out folders merged with --import), and a sum would count their overlap twice."""
+    total, reach = 0.0, -math.inf
+    for start, end in sorted((c["started"], ended(c)) for c in commands):
+        total += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return total
 
 
 def ranges(rows: dict) -> dict:

@@ -238,12 +238,12 @@ def fig5(res: dict, main: str) -> list[str]:
 
 def invocation_summary(c: dict) -> str:
     """': ran 41 of 42 stages in 2.1 h' / ': found all 42 stages done, only regenerated the report'."""
-    wall = c.get("finished", c["started"]) - c["started"]
+    wall = c.get("finished", c.get("interrupted", c["started"])) - c["started"]
     when = (
         f"{wall / 3600:.1f} h" if wall >= 3600 else f"{wall / 60:.1f} min" if wall >= 60 else f"{wall:.0f} s"
     )
-    if "finished" not in c:
-        return ": interrupted (resumed by the next line)"
+    if "finished" not in c:  # by a signal (its time recorded) or killed (not)
+        return f": interrupted{f' after {when}' if 'interrupted' in c else ''} (a rerun resumes it)"
     if "stages" not in c:  # recorded before the stage counts were
         return f": {when}"
     ran = c["stages"] - c["done_before"]

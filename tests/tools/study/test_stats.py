@@ -118,3 +118,18 @@ def test_fig4_section_bounds_a_factor_not_reached():
                knn_top1=0.31, linear_top1=0.4, summary={})
     text = "\n".join(report_text.fig4({"rows": {"f": row}, "speedup": {"knn_top1/views": s}}, "lowdata"))
     assert "does not reach SimSiam's final 0.378" in text and "factor is **below 4.00**" in text
+
+
+def test_study_wall_time_counts_side_by_side_shares_once():
+    """Two shares run at once in separate --out folders and merged with --import: their overlap is one
+    stretch of wall time, an interrupted one counts up to its signal, a killed one (no end) as 0 s."""
+    from tools.study import report_text
+    from tools.study.report import busy_wall
+
+    share_a = {"started": 0.0, "finished": 100.0, "stages": 3, "done_before": 0}
+    share_b = {"started": 50.0, "interrupted": 130.0}
+    killed = {"started": 200.0}
+    later = {"started": 300.0, "finished": 310.0}
+    assert busy_wall([later, share_b, killed, share_a]) == 140.0
+    assert report_text.invocation_summary(share_b) == ": interrupted after 1.3 min (a rerun resumes it)"
+    assert report_text.invocation_summary(killed) == ": interrupted (a rerun resumes it)"

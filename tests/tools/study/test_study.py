@@ -173,3 +173,27 @@ def test_rows_plan_only_their_stages(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--rows k1" in err and "simsiam_256" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_interrupted_study_records_when_it_stopped(tmp_path):
+    """SIGINT (Ctrl-C, or Slurm's SIGTERM): the jobs stop, and study.json says when, so the report's wall time
+    counts the interrupted stretch instead of dropping it."""
+    import signal
+    import time
+
+    c10 = fake_cifar(tmp_path / "c10")
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "tools.study", "--tiny", "--out", str(out), "--data", str(c10),
+           "--part", "table"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:  # the first job has started: the signal reaches run_jobs
+        seen.append(line)
+        if "start: " in line:
+            break
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    seen += proc.stdout.readlines()
+    assert proc.wait(timeout=120) == 128 + signal.SIGINT, "".join(seen)
+    last = json.loads((out / "study.json").read_text())["invocations"][-1]
+    assert "finished" not in last and last["started"] < last["interrupted"] <= time.time()
