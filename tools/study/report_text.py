@@ -197,7 +197,14 @@ def fig4(res: dict, main: str) -> list[str]:
             )
         else:
             lo, hi = s["ci95"]
-            band = "-" if lo != lo else f"[{lo:.2f}, {hi:.2f}]"
+            if lo != lo:  # some draws are infinite: the target lies within the noise of the initial weights
+                out.append(
+                    f"- {names[metric]}: no factor can be read: the initial weights reach SimSiam's final "
+                    f"{s['target']:.3g} in {s.get('at_start', 0):.0%} of the bootstrap draws (point estimate "
+                    f"{s['factor']:.2f}x in {unit}, on the line from the initial weights)."
+                )
+                continue
+            band = f"[{lo:.2f}, {hi:.2f}]"
             note = (
                 " (before its first budget: on the line from the initial weights)"
                 if s["before_first"]

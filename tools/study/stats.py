@@ -130,6 +130,7 @@ def speedup(
         "factor": factor(cost),
         "ci95": [float(lo), float(hi)],
         "reached": float((boot > 0).mean()),
+        "at_start": float(np.isinf(boot).mean()),  # draws in which the initial weights already reach it
         "target": float(slow_v.mean()),
         "cost": cost,
         "below": slow_cost / pts[-1][0] if pts[-1][0] > 0 else math.inf,

@@ -133,3 +133,16 @@ def test_study_wall_time_counts_side_by_side_shares_once():
     assert busy_wall([later, share_b, killed, share_a]) == 140.0
     assert report_text.invocation_summary(share_b) == ": interrupted after 1.3 min (a rerun resumes it)"
     assert report_text.invocation_summary(killed) == ": interrupted (a rerun resumes it)"
+
+
+def test_fig4_section_reads_no_factor_when_the_initial_weights_reach_the_target():
+    """SimSiam's final AP within the seed noise of random init: some bootstrap draws start above it, the
+    interval is undefined, and the page says no factor can be read instead of printing one."""
+    from tools.study import report_text
+
+    s = stats.speedup([(100, [16.8, 16.7, 16.9])], 400, [15.8, 15.0, 16.6], [15.4, 14.6, 16.2])
+    assert 0 < s["at_start"] < 1 and math.isnan(s["ci95"][0])
+    row = dict(method="fastsiam", k=None, run="fastsiam_b1of4", budget=0.25, views=100, pretrain_cpu_s=5.0,
+               knn_top1=0.31, linear_top1=0.4, summary={})
+    text = "\n".join(report_text.fig4({"rows": {"f": row}, "speedup": {"AP/views": s}}, "lowdata"))
+    assert "no factor can be read" in text and "x sooner" not in text
