@@ -44,14 +44,19 @@ def fig4(res: dict, path: Path) -> None:
             (("views", "pretraining views"), ("pretrain_cpu_s", "pretraining CPU s"))
         ):
             ax = axes[i, j]
+            runs = [r for r in rows.values() if r.get("k") is None and r[axis] is not None]
+            if axis == "pretrain_cpu_s":  # CPU seconds of different CPU models do not compare
+                ref = res.get("reference_cpu")
+                methods = ("fastsiam", "simsiam")
+                other = {r["run"] for r in runs if r["method"] in methods and r["pretrain_cpu"] != ref}
+                runs = [r for r in runs if r["pretrain_cpu"] == ref]
+                if other:
+                    xlabel = f"{xlabel} on {ref} ({len(other)} run(s) on another CPU left out)"
             for method, colour in (("fastsiam", "C0"), ("simsiam", "C1")):
                 pts = sorted(
                     (r[axis], *_score(r, metric, main))
-                    for r in rows.values()
-                    if r["method"] == method
-                    and r.get("k") is None
-                    and r[axis] is not None
-                    and _score(r, metric, main)[0] is not None
+                    for r in runs
+                    if r["method"] == method and _score(r, metric, main)[0] is not None
                 )
                 if start[0] is not None and pts:
                     pts = [(0, *start), *pts]  # every run starts from the same initial weights

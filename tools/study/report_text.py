@@ -171,6 +171,11 @@ def fig4(res: dict, main: str) -> list[str]:
     ]
     for r in rows:
         out.append(f"| {r['run']} | {r['budget']:g} | {r['views']:,} | {run_cells(r, main)} |")
+    timed = {c: runs for c, runs in res.get("timed_on", {}).items() if any(r["run"] in runs for r in rows)}
+    if len(timed) > 1:
+        out += ["", "Pretraining CPU seconds compare only within one CPU model; these runs were timed on "
+                + "; ".join(f"{cpu}: {', '.join(runs)}" for cpu, runs in timed.items())
+                + f". The CPU-time panels show the runs timed on {res['reference_cpu']} alone."]
     out += ["", "![kNN top-1 and AP against views and pretraining CPU time](study_fig4.png)", ""]
     names = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1", "AP": f"AP^bb ({main})"}
     if not res["speedup"]:
@@ -185,6 +190,8 @@ def fig4(res: dict, main: str) -> list[str]:
             out.append(f"- {names[metric]}: no factor in CPU time, the runs were timed on different CPUs "
                        f"({'; '.join(s['mixed_cpus'])}).")
             continue
+        if s.get("other_cpu"):
+            unit += f" on {s['cpu']}, without {', '.join(s['other_cpu'])}"
         if s["factor"] == float("inf"):
             out.append(
                 f"- {names[metric]}: the initial weights already reach SimSiam's final {s['target']:.3g}."

@@ -146,3 +146,36 @@ def test_fig4_section_reads_no_factor_when_the_initial_weights_reach_the_target(
                knn_top1=0.31, linear_top1=0.4, summary={})
     text = "\n".join(report_text.fig4({"rows": {"f": row}, "speedup": {"AP/views": s}}, "lowdata"))
     assert "no factor can be read" in text and "x sooner" not in text
+
+
+def test_fig4_reads_cpu_time_within_one_cpu_model(tmp_path):
+    """A share run on another machine (FastSiam's full budget timed on a Xeon, the rest on an EPYC): the
+    views factor uses every run, the CPU-time factor and panels only those timed on SimSiam's target run's
+    CPU, and the page names the run left out instead of mixing CPU seconds of two models."""
+    from tools.study import plots, report, report_text
+
+    def run(method, budget, views, cpu_s, cpu, knn):
+        return dict(method=method, k=None, run=f"{method}_{views}", budget=budget, views=views,
+                    pretrain_cpu_s=cpu_s, pretrain_cpu=cpu, knn_top1=knn, linear_top1=knn, summary={},
+                    det={}, eval_test_images=5000)
+
+    rows = {
+        "random": run("random", 0, 0, None, None, 0.27),
+        "simsiam_400": run("simsiam", 1.0, 400, 400.0, "EPYC", 0.38),
+        "fastsiam_100": run("fastsiam", 0.25, 100, 100.0, "EPYC", 0.33),
+        "fastsiam_200": run("fastsiam", 0.5, 200, 200.0, "EPYC", 0.36),
+        "fastsiam_400": run("fastsiam", 1.0, 400, 250.0, "Xeon", 0.40),
+    }
+    s = report.speedups(rows, "lowdata", {})
+    views, cpu = s["knn_top1/views"], s["knn_top1/cpu_s"]
+    assert views["factor"] > 1 and "other_cpu" not in views  # reached between 200 and 400 views
+    assert cpu["factor"] == 0 and cpu["below"] == 2.0 and cpu["other_cpu"] == ["fastsiam_400 (Xeon)"]
+    res = {"rows": rows, "speedup": s, "timed_on": report.timed_on(rows), "reference_cpu": "EPYC",
+           "main_instrument": "lowdata", "preset": "full"}
+    on_epyc = ["simsiam_400", "fastsiam_100", "fastsiam_200"]
+    assert res["timed_on"] == {"EPYC": on_epyc, "Xeon": ["fastsiam_400"]}
+    text = "\n".join(report_text.fig4(res, "lowdata"))
+    assert "EPYC: simsiam_400, fastsiam_100, fastsiam_200; Xeon: fastsiam_400" in text
+    assert "(pretraining CPU time on EPYC, without fastsiam_400 (Xeon))" in text
+    plots.fig4(res, tmp_path / "fig4.png")
+    assert (tmp_path / "fig4.png").stat().st_size > 0
