@@ -291,7 +291,21 @@ def run_record(res: dict) -> list[str]:
         f"Study wall time over all invocations: {res['timings']['study_wall_s'] / 60:.1f} min "
         "(stages run two at a time, so stage sums exceed it).",
         "",
-        "Machine: " + ", ".join(f"{k}: {v}" for k, v in res["machine"].items()),
+        jobs_per_cpu(res["timings"]["jobs"]),
+        "",
+        "Report written on: " + ", ".join(f"{k}: {v}" for k, v in res["machine"].items()),
         "",
     ]
     return out
+
+
+def jobs_per_cpu(jobs: dict) -> str:
+    """Which CPU model the jobs were timed on (jobs.py records it): shares of one study may run on different
+    machines, and their CPU seconds compare only within one model."""
+    n: dict[str, int] = {}
+    for t in jobs.values():
+        n[t.get("cpu") or "unknown"] = n.get(t.get("cpu") or "unknown", 0) + 1
+    if len(n) == 1:
+        return f"All {sum(n.values())} jobs were timed on {next(iter(n))}."
+    counts = ", ".join(f"{cpu}: {k}" for cpu, k in sorted(n.items(), key=lambda x: -x[1]))
+    return f"Jobs per CPU model (shares ran on different machines): {counts}."

@@ -179,3 +179,13 @@ def test_fig4_reads_cpu_time_within_one_cpu_model(tmp_path):
     assert "(pretraining CPU time on EPYC, without fastsiam_400 (Xeon))" in text
     plots.fig4(res, tmp_path / "fig4.png")
     assert (tmp_path / "fig4.png").stat().st_size > 0
+
+
+def test_run_record_names_the_cpu_models_the_jobs_were_timed_on():
+    """Imported shares from another machine: the page counts jobs per CPU model, not only the machine it was
+    written on."""
+    from tools.study.report_text import jobs_per_cpu
+
+    jobs = {"a": {"cpu": "EPYC"}, "b": {"cpu": "EPYC"}, "c": {"cpu": "Xeon"}}
+    assert jobs_per_cpu(jobs) == "Jobs per CPU model (shares ran on different machines): EPYC: 2, Xeon: 1."
+    assert jobs_per_cpu({"a": {"cpu": "EPYC"}}) == "All 1 jobs were timed on EPYC."
