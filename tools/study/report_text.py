@@ -304,7 +304,7 @@ def jobs_per_cpu(jobs: dict) -> str:
     machines, and their CPU seconds compare only within one model."""
     n: dict[str, int] = {}
     for t in jobs.values():
-        n[t.get("cpu") or "unknown"] = n.get(t.get("cpu") or "unknown", 0) + 1
+        n[t.get("cpu") or "not recorded"] = n.get(t.get("cpu") or "not recorded", 0) + 1
     if len(n) == 1:
         return f"All {sum(n.values())} jobs were timed on {next(iter(n))}."
     counts = ", ".join(f"{cpu}: {k}" for cpu, k in sorted(n.items(), key=lambda x: -x[1]))
