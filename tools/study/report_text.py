@@ -3,6 +3,8 @@ differences, Fig. 4's factor, Fig. 5, and the run record. Plain words, every num
 
 from __future__ import annotations
 
+from collections import Counter
+
 from tools.study.rows import INSTRUMENTS
 
 
@@ -302,10 +304,8 @@ def run_record(res: dict) -> list[str]:
 def jobs_per_cpu(jobs: dict) -> str:
     """Which CPU model the jobs were timed on (jobs.py records it): shares of one study may run on different
     machines, and their CPU seconds compare only within one model."""
-    n: dict[str, int] = {}
-    for t in jobs.values():
-        n[t.get("cpu") or "not recorded"] = n.get(t.get("cpu") or "not recorded", 0) + 1
+    n = Counter(t.get("cpu") or "not recorded" for t in jobs.values())
     if len(n) == 1:
-        return f"All {sum(n.values())} jobs were timed on {next(iter(n))}."
-    counts = ", ".join(f"{cpu}: {k}" for cpu, k in sorted(n.items(), key=lambda x: -x[1]))
+        return f"All {n.total()} jobs were timed on {next(iter(n))}."
+    counts = ", ".join(f"{cpu}: {k}" for cpu, k in n.most_common())
     return f"Jobs per CPU model (shares ran on different machines): {counts}."
