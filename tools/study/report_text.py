@@ -158,6 +158,18 @@ def diffs(res: dict, main: str) -> list[str]:
     ]
 
 
+def timed_on_note(res: dict, rows: list[dict]) -> str:
+    """Names the CPU model each of `rows` was timed on when they span more than one (shares of a part may
+    run on different machines), else ''."""
+    names = {r["run"] for r in rows}
+    timed = {c: [r for r in runs if r in names] for c, runs in res.get("timed_on", {}).items()}
+    timed = {c: runs for c, runs in timed.items() if runs}
+    if len(timed) < 2:
+        return ""
+    return ("Pretraining CPU seconds compare only within one CPU model; these runs were timed on "
+            + "; ".join(f"{cpu}: {', '.join(runs)}" for cpu, runs in timed.items()) + ".")
+
+
 def fig4(res: dict, main: str) -> list[str]:
     rows = sorted(
         (r for r in res["rows"].values() if r["method"] in ("simsiam", "fastsiam") and r.get("k") is None),
@@ -173,11 +185,9 @@ def fig4(res: dict, main: str) -> list[str]:
     ]
     for r in rows:
         out.append(f"| {r['run']} | {r['budget']:g} | {r['views']:,} | {run_cells(r, main)} |")
-    timed = {c: runs for c, runs in res.get("timed_on", {}).items() if any(r["run"] in runs for r in rows)}
-    if len(timed) > 1:
-        out += ["", "Pretraining CPU seconds compare only within one CPU model; these runs were timed on "
-                + "; ".join(f"{cpu}: {', '.join(runs)}" for cpu, runs in timed.items())
-                + f". The CPU-time panels show the runs timed on {res['reference_cpu']} alone."]
+    note = timed_on_note(res, rows)
+    if note:
+        out += ["", note + f" The CPU-time panels show the runs timed on {res['reference_cpu']} alone."]
     out += ["", "![kNN top-1 and AP against views and pretraining CPU time](study_fig4.png)", ""]
     names = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1", "AP": f"AP^bb ({main})"}
     if not res["speedup"]:
@@ -249,7 +259,8 @@ def fig5(res: dict, main: str) -> list[str]:
     ]
     for r in rows:
         out.append(f"| {r['k']} | {r['views']:,} | {run_cells(r, main)} |")
-    return out + ["", "![kNN top-1 and AP against K](study_fig5.png)", ""]
+    note = timed_on_note(res, rows)
+    return out + (["", note] if note else []) + ["", "![kNN top-1 and AP against K](study_fig5.png)", ""]
 
 
 def invocation_summary(c: dict) -> str:

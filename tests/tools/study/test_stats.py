@@ -166,7 +166,8 @@ def test_fig4_reads_cpu_time_within_one_cpu_model(tmp_path):
         "fastsiam_200": run("fastsiam", 0.5, 200, 200.0, "EPYC", 0.36),
         "fastsiam_400": run("fastsiam", 1.0, 400, 250.0, "Xeon", 0.40),
     }
-    s = report.speedups(rows, "lowdata", {})
+    assert report.reference_cpu(rows) == "EPYC"
+    s = report.speedups(rows, "lowdata", {}, report.reference_cpu(rows))
     views, cpu = s["knn_top1/views"], s["knn_top1/cpu_s"]
     assert views["factor"] > 1 and "other_cpu" not in views  # reached between 200 and 400 views
     assert cpu["factor"] == 0 and cpu["below"] == 2.0 and cpu["other_cpu"] == ["fastsiam_400 (Xeon)"]
@@ -181,6 +182,28 @@ def test_fig4_reads_cpu_time_within_one_cpu_model(tmp_path):
     assert (tmp_path / "fig4.png").stat().st_size > 0
 
 
+def test_cpu_time_factor_needs_simsiams_target_run_timed_on_a_known_cpu():
+    """SimSiam's target run timed before the CPU model was recorded: its seconds may come from any machine,
+    even beside a FastSiam run whose CPU is not recorded either, so no CPU-time factor is read against them
+    (the views factor still is), and the panels fall back to the most used CPU model."""
+    from tools.study import report
+
+    def run(method, budget, views, cpu):
+        return dict(method=method, k=None, run=f"{method}_{views}", budget=budget, views=views,
+                    pretrain_cpu_s=float(views), pretrain_cpu=cpu, knn_top1=0.3 + views / 4000,
+                    linear_top1=0.3, summary={}, det={}, eval_test_images=5000)
+
+    rows = {"random": run("random", 0, 0, None), "simsiam_400": run("simsiam", 1.0, 400, None),
+            "fastsiam_100": run("fastsiam", 0.25, 100, None),
+            "fastsiam_200": run("fastsiam", 0.5, 200, "EPYC"),
+            "fastsiam_300": run("fastsiam", 0.75, 300, "EPYC")}
+    rows["random"]["pretrain_cpu_s"] = None
+    cpu = report.reference_cpu(rows)
+    assert cpu == "EPYC"
+    s = report.speedups(rows, "lowdata", {}, cpu)
+    assert "mixed_cpus" in s["knn_top1/cpu_s"] and "factor" in s["knn_top1/views"]
+
+
 def test_run_record_names_the_cpu_models_the_jobs_were_timed_on():
     """Imported shares from another machine: the page counts jobs per CPU model, not only the machine it was
     written on."""
@@ -189,3 +212,22 @@ def test_run_record_names_the_cpu_models_the_jobs_were_timed_on():
     jobs = {"a": {"cpu": "EPYC"}, "b": {"cpu": "EPYC"}, "c": {"cpu": "Xeon"}}
     assert jobs_per_cpu(jobs) == "Jobs per CPU model (shares ran on different machines): EPYC: 2, Xeon: 1."
     assert jobs_per_cpu({"a": {"cpu": "EPYC"}}) == "All 1 jobs were timed on EPYC."
+
+
+def test_fig5_names_the_cpu_models_when_its_shares_ran_on_two_machines():
+    """Fig. 5's K = 1, 2 share timed on one machine and K = 3, 4 on another: its CPU-seconds column does not
+    compare across them, so the page says which K was timed where; on one machine it says nothing."""
+    from tools.study import report_text
+
+    def run(k, cpu):
+        return dict(method="fastsiam", k=k, run=f"k{k}", views=288, pretrain_cpu_s=100.0 + k,
+                    pretrain_cpu=cpu, knn_top1=0.3, linear_top1=0.4, summary={}, det={})
+
+    rows = {f"k{k}": run(k, "Xeon" if k < 3 else "EPYC") for k in (1, 2, 3, 4)}
+    settings = {"fig5": dict(views_per_batch=120, views_per_image=60, lr=0.125, images=4800)}
+    timed = {"Xeon": ["k1", "k2", "other"], "EPYC": ["k3", "k4"]}
+    res = {"rows": rows, "settings": settings, "timed_on": timed}
+    text = "\n".join(report_text.fig5(res, "lowdata"))
+    assert "timed on Xeon: k1, k2; EPYC: k3, k4." in text
+    res["timed_on"] = {"Xeon": ["k1", "k2", "k3", "k4"], "EPYC": ["other"]}
+    assert "CPU model" not in "\n".join(report_text.fig5(res, "lowdata"))
