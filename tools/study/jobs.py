@@ -71,9 +71,11 @@ def run_jobs(jobs: list[Job], out: Path, parallel: int, timings: dict) -> list[J
     def record(name: str, stage: str, wall: float, usage, finished: bool) -> dict:
         """CPU and wall seconds of a job, summed over its attempts (an interrupted run resumes later)."""
         t = timings.get(name, {"stage": stage, "wall_s": 0.0, "cpu_s": 0.0, "attempts": 0})
+        # CPU seconds (Fig. 4's axis) compare only on one CPU model: a resume elsewhere is recorded, and so is
+        # one after an attempt timed before the model was recorded (its machine is unknown)
+        before = t.get("cpu", "not recorded" if t["cpu_s"] else CPU_MODEL)
         t.update(
-            # CPU seconds (Fig. 4's axis) compare only on one CPU model: a resume elsewhere is recorded
-            cpu=CPU_MODEL if t.get("cpu", CPU_MODEL) == CPU_MODEL else f"{t['cpu']} + {CPU_MODEL}",
+            cpu=CPU_MODEL if before == CPU_MODEL else f"{before} + {CPU_MODEL}",
             wall_s=round(t["wall_s"] + wall, 1),
             attempts=t.get("attempts", 1) + 1,
             cpu_s=round(t["cpu_s"] + usage.ru_utime + usage.ru_stime, 1),

@@ -231,3 +231,27 @@ def test_fig5_names_the_cpu_models_when_its_shares_ran_on_two_machines():
     assert "timed on Xeon: k1, k2; EPYC: k3, k4." in text
     res["timed_on"] = {"Xeon": ["k1", "k2", "k3", "k4"], "EPYC": ["other"]}
     assert "CPU model" not in "\n".join(report_text.fig5(res, "lowdata"))
+
+
+def test_a_resumed_job_records_every_cpu_model_its_seconds_came_from(tmp_path):
+    """A job resumed on another machine, or after an attempt timed before jobs.py stored the CPU model, sums
+    seconds of two machines: its record says so, so Fig. 4 does not read them as one model's."""
+    import sys
+
+    from tools.study import jobs
+
+    def job(name):
+        mark = tmp_path / name
+        return jobs.Job(name, done=mark.exists, cmd=[sys.executable, "-c", f"open({str(mark)!r}, 'w')"],
+                        stage="convert")
+
+    timings = {
+        "elsewhere": {"stage": "convert", "wall_s": 5.0, "cpu_s": 4.0, "attempts": 1, "cpu": "Other CPU"},
+        "unrecorded": {"stage": "convert", "wall_s": 5.0, "cpu_s": 4.0},
+        "here": {"stage": "convert", "wall_s": 5.0, "cpu_s": 4.0, "attempts": 1, "cpu": jobs.CPU_MODEL},
+    }
+    assert jobs.run_jobs([job(n) for n in (*timings, "new")], tmp_path, 2, timings) == []
+    assert timings["elsewhere"]["cpu"] == f"Other CPU + {jobs.CPU_MODEL}"
+    assert timings["unrecorded"]["cpu"] == f"not recorded + {jobs.CPU_MODEL}"
+    assert timings["here"]["cpu"] == timings["new"]["cpu"] == jobs.CPU_MODEL
+    assert timings["unrecorded"]["cpu_s"] >= 4.0 and timings["new"]["attempts"] == 1
