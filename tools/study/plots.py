@@ -3,6 +3,7 @@ against pretraining CPU time, one point per separate run) and Fig. 5 (kNN top-1 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from matplotlib.ticker import FuncFormatter
@@ -21,11 +22,16 @@ LABELS = {
 
 
 def _score(r: dict, metric: str, main: str) -> tuple[float | None, float]:
-    """(mean, std) of a row's metric: top-1 in %, AP over seeds."""
+    """(mean, std) of a row's metric: AP over seeds; top-1 in %, its std the binomial one of a score on the
+    finite test set (one run, but 5,000 test images move it by about 0.7 points), so a bar shows the noise
+    a difference between points has to beat."""
     if metric == "AP":
         s = r["summary"].get(main, {}).get("bbox/AP")
         return (None, 0.0) if not s or s["mean"] is None else (s["mean"], s["std"] or 0.0)
-    return (None, 0.0) if r[metric] is None else (100 * r[metric], 0.0)
+    if r[metric] is None:
+        return None, 0.0
+    n = r.get("eval_test_images")
+    return 100 * r[metric], 100 * math.sqrt(r[metric] * (1 - r[metric]) / n) if n else 0.0
 
 
 def _curve(ax, pts: list[tuple[float, float, float]], colour: str, label: str | None = None) -> None:

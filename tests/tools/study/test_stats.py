@@ -255,3 +255,13 @@ def test_a_resumed_job_records_every_cpu_model_its_seconds_came_from(tmp_path):
     assert timings["unrecorded"]["cpu"] == f"not recorded + {jobs.CPU_MODEL}"
     assert timings["here"]["cpu"] == timings["new"]["cpu"] == jobs.CPU_MODEL
     assert timings["unrecorded"]["cpu_s"] >= 4.0 and timings["new"]["attempts"] == 1
+
+
+def test_top1_bars_show_the_test_set_noise():
+    """Fig. 4's and Fig. 5's kNN points carry the binomial std of a top-1 on the finite test set, so two
+    points 0.2 apart on 5,000 images are drawn within each other's bars, not as a difference."""
+    from tools.study import plots
+
+    mean, std = plots._score({"knn_top1": 0.4, "eval_test_images": 5000}, "knn_top1", "lowdata")
+    assert mean == 40.0 and abs(std - 100 * math.sqrt(0.4 * 0.6 / 5000)) < 1e-9
+    assert plots._score({"knn_top1": 0.4, "eval_test_images": None}, "knn_top1", "lowdata") == (40.0, 0.0)
