@@ -219,7 +219,7 @@ def fig4(res: dict, main: str) -> list[str]:
             if lo != lo:  # some draws are infinite: the target lies within the noise of the initial weights
                 out.append(
                     f"- {names[metric]}: no factor can be read: the initial weights reach SimSiam's final "
-                    f"{s['target']:.3g} in {s.get('at_start', 0):.0%} of the bootstrap draws (point estimate "
+                    f"{s['target']:.3g} in {s.get('at_start', 0):.1%} of the bootstrap draws (point estimate "
                     f"{s['factor']:.2f}x in {unit}, on the line from the initial weights)."
                 )
                 continue

@@ -146,6 +146,10 @@ def test_fig4_section_reads_no_factor_when_the_initial_weights_reach_the_target(
                knn_top1=0.31, linear_top1=0.4, summary={})
     text = "\n".join(report_text.fig4({"rows": {"f": row}, "speedup": {"AP/views": s}}, "lowdata"))
     assert "no factor can be read" in text and "x sooner" not in text
+    # a share under 1% of the draws is printed as such, not rounded to "0%" beside a refusal
+    rare = {**s, "at_start": 0.006}
+    text = "\n".join(report_text.fig4({"rows": {"f": row}, "speedup": {"AP/views": rare}}, "lowdata"))
+    assert "in 0.6% of the bootstrap draws" in text
 
 
 def test_fig4_reads_cpu_time_within_one_cpu_model(tmp_path):
