@@ -76,7 +76,8 @@ def fig4(res: dict, path: Path) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7)
     fig.suptitle(
-        f"CIFAR-10 pretraining, separate runs per budget ({res['preset']} preset; AP mean ± std over seeds)",
+        f"CIFAR-10 pretraining, separate runs per budget ({res['preset']} preset; AP mean ± std over seeds, "
+        "kNN ± its binomial std on the test images)",
         fontsize=10,
     )
     fig.tight_layout()
@@ -94,6 +95,7 @@ def fig5(res: dict, path: Path) -> None:
         _curve(ax, pts, "C0")
         ax.set(xlabel="target views K (K = 1: SimSiam)", ylabel=name, xticks=[r["k"] for r in rows] or [1])
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Number of target views at equal compute ({res['preset']} preset)", fontsize=10)
+    fig.suptitle(f"Number of target views at equal compute ({res['preset']} preset; AP mean ± std over "
+                 "seeds, kNN ± its binomial std on the test images)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
