@@ -9,6 +9,7 @@ from pathlib import Path
 from matplotlib.ticker import FuncFormatter
 
 from tools.figures.plotting import plt, save_figure
+from tools.study.stats import top1_var
 
 # "80k" rather than "80000": six-digit view counts run into each other on a half-width axis
 THOUSANDS = FuncFormatter(lambda x, _: f"{x / 1000:g}k" if x else "0")
@@ -31,7 +32,7 @@ def _score(r: dict, metric: str, main: str) -> tuple[float | None, float]:
     if r[metric] is None:
         return None, 0.0
     n = r.get("eval_test_images")
-    return 100 * r[metric], 100 * math.sqrt(r[metric] * (1 - r[metric]) / n) if n else 0.0
+    return 100 * r[metric], 100 * math.sqrt(top1_var(r[metric], n)) if n else 0.0
 
 
 def _curve(ax, pts: list[tuple[float, float, float]], colour: str, label: str | None = None) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from tools.study import plots
 from tools.study.report_text import sections
 from tools.study.rows import INSTRUMENTS, rows_of, runs_of
-from tools.study.stats import difference, instrument_range, seeds_needed, speedup, summary
+from tools.study.stats import difference, instrument_range, seeds_needed, speedup, summary, top1_var
 
 METRICS = ("AP", "AP50", "AP75")
 RESOLUTION = 0.5  # AP the table's seeds must resolve (the 95% half-width of a difference of two rows)
@@ -192,7 +192,7 @@ def differences(rows: dict, main: str) -> list[dict]:
         for key in ("knn_top1", "linear_top1"):
             a, b, n = f[key], s[key], f["eval_test_images"]
             if a is not None and b is not None and n:
-                se = math.sqrt(a * (1 - a) / n + b * (1 - b) / n)
+                se = math.sqrt(top1_var(a, n) + top1_var(b, n))
                 d[key] = {"difference": a - b, "ci95": [a - b - 1.96 * se, a - b + 1.96 * se]}
         out.append(d)
     return out
@@ -223,6 +223,9 @@ def speedups(rows: dict, main: str, p: dict, cpu: str | None) -> dict:
     if not fast or not slow or not start:
         return {}
     out = {}
+    # CPU seconds of different CPU models do not compare: in CPU time only the runs timed on the reference
+    # CPU count, SimSiam's target among them, and the others are named
+    on_cpu = cpu is not None and slow["pretrain_cpu"] == cpu
 
     def vals(r: dict, metric: str) -> list[float]:
         return scores(r, main) if metric == "AP" else [] if r[metric] is None else [r[metric]]
@@ -233,10 +236,8 @@ def speedups(rows: dict, main: str, p: dict, cpu: str | None) -> dict:
             cost = (lambda r: r["pretrain_cpu_s"]) if axis == "cpu_s" else (lambda r: r["views"])
             if cost(slow) is None or any(cost(r) is None for r in fast):
                 continue
-            # CPU seconds of different CPU models do not compare: in CPU time only the runs timed on the
-            # reference CPU count, the others are named
-            same = fast if axis == "views" else [r for r in fast if r["pretrain_cpu"] == cpu]
-            if not same or (axis == "cpu_s" and (cpu is None or slow["pretrain_cpu"] != cpu)):
+            same = fast if axis == "views" else [r for r in fast if on_cpu and r["pretrain_cpu"] == cpu]
+            if not same:
                 mixed = sorted({str(r["pretrain_cpu"]) for r in [*fast, slow]})
                 out[f"{metric}/{axis}"] = {"mixed_cpus": mixed}
                 continue

@@ -25,6 +25,12 @@ def summary(values: list[float | None]) -> dict:
     return {"n": n, "mean": float(v.mean()), "std": std, "ci95": half}
 
 
+def top1_var(p: float, n: int) -> float:
+    """Variance of a top-1 accuracy p measured on n test images (binomial): the test set's noise, the only
+    noise a single kNN or linear score carries."""
+    return p * (1 - p) / n
+
+
 def pooled_std(a: dict, b: dict) -> float | None:
     if a["std"] is None or b["std"] is None:
         return None
