@@ -34,7 +34,7 @@ from tools.data import scenes
 from tools.data.subsets import SubsetError
 from tools.study import carry, report
 from tools.study.jobs import run_jobs, save_json
-from tools.study.plan import StudyError, plan, prepare_data
+from tools.study.plan import StudyError, fp32_note, plan, prepare_data
 from tools.study.rows import INSTRUMENTS, MAIN_INSTRUMENT, PARTS, PRESETS, check_preset, detections_of
 
 
@@ -150,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  scenes: {manifest['counts']}, sha256 {manifest['sha256'][:16]}...", flush=True)
         timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
         jobs = plan(args, p, out)
+        note = fp32_note(jobs, args.device)
+        if note:
+            print(f"  note: {note}", flush=True)
         # what this invocation found done: the report shows that a rerun of a finished study only reports
         state["invocations"][-1].update(stages=len(jobs), done_before=sum(bool(j.done()) for j in jobs))
         try:

@@ -14,16 +14,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pretrain import precision
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def cpu_model() -> str:
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU model name and its native bf16 units, e.g. 'AMD EPYC (avx512_bf16)' or 'AMD EPYC (no bf16)'.
+
+    The model name alone does not identify the kernels: a virtual machine reports 'AMD EPYC' for generations
+    with and without AVX512-BF16, and `amp: auto` pretrains in bf16 on one and in fp32 on the other
+    (pretrain/precision.py), at several times the CPU seconds."""
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             names = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-            return next(names, "unknown")
+            name = next(names, "unknown")
     except OSError:
         return "unknown"
+    units = precision.cpu_bf16_flags(cpuinfo)
+    return f"{name} ({', '.join(units) if units else 'no bf16'})"
 
 
 CPU_MODEL = cpu_model()

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import torch
 
-from pretrain import checkpoint
+from pretrain import checkpoint, precision
 from pretrain.model import resnet_backbone
 from tools.data import scenes
 from tools.data.subsets import balanced_subset, link_tree
-from tools.study.jobs import Job, needed, save_json
+from tools.study.jobs import CPU_MODEL, Job, needed, save_json
 from tools.study.rows import CONFIGS, INSTRUMENTS, detections_of, rows_of, runs_of
 
 PY = sys.executable
@@ -23,6 +23,17 @@ DET_CONFIG = "configs/transfer/instant/coco_R_50_FPN_1x_instant.yaml"
 
 class StudyError(Exception):
     """Bad input: one line, exit status 2."""
+
+
+def fp32_note(jobs: list[Job], device: str, bf16_units: list[str] | None = None) -> str | None:
+    """A line to print when this CPU will pretrain in fp32: `amp: auto` takes bf16 only on CPUs with native
+    bf16 units (pretrain/precision.py), and the record's pretraining runs so far were bf16 (docs/study.md), so
+    a row pretrained here differs from them in precision and costs more CPU seconds."""
+    units = precision.cpu_bf16_flags() if bf16_units is None else bf16_units
+    if device != "cpu" or units or not any(j.stage == "pretrain" and not j.done() for j in jobs):
+        return None
+    return (f"{CPU_MODEL}: no native bf16 units, so pretraining runs in fp32 (amp: auto), in another "
+            "precision than bf16-pretrained rows and at more CPU seconds (docs/study.md, 'Machines')")
 
 
 def plan(args, p: dict, out: Path) -> list[Job]:

@@ -269,3 +269,35 @@ def test_top1_bars_show_the_test_set_noise():
     mean, std = plots._score({"knn_top1": 0.4, "eval_test_images": 5000}, "knn_top1", "lowdata")
     assert mean == 40.0 and abs(std - 100 * math.sqrt(0.4 * 0.6 / 5000)) < 1e-9
     assert plots._score({"knn_top1": 0.4, "eval_test_images": None}, "knn_top1", "lowdata") == (40.0, 0.0)
+
+
+def test_the_cpu_model_names_its_native_bf16_units(tmp_path):
+    """Two virtual CPUs both called 'AMD EPYC', one with AVX512-BF16 and one without, pretrain in bf16 and
+    fp32 (amp: auto) at different CPU seconds: their CPU time must not be read as one model's."""
+    from tools.study import jobs
+
+    def info(flags):
+        f = tmp_path / f"cpuinfo_{len(flags)}"
+        cpu = "processor\t: {}\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 " + flags + "\n\n"
+        f.write_text("".join(cpu.format(i) for i in range(2)))
+        return str(f)
+
+    with_bf16, without = jobs.cpu_model(info("avx512f avx512_bf16")), jobs.cpu_model(info("avx512f"))
+    assert with_bf16 == "AMD EPYC (avx512_bf16)" and without == "AMD EPYC (no bf16)"
+    assert jobs.cpu_model(info("amx_bf16 avx512_bf16")) == "AMD EPYC (amx_bf16, avx512_bf16)"
+    assert jobs.cpu_model(str(tmp_path / "absent")) == "unknown"
+
+
+def test_a_cpu_without_bf16_units_is_told_it_pretrains_in_fp32():
+    from tools.study import jobs
+    from tools.study.plan import fp32_note
+
+    todo = [jobs.Job("pretrain k3", done=lambda: False, stage="pretrain"),
+            jobs.Job("det k3", done=lambda: False, stage="transfer")]
+    note = fp32_note(todo, "cpu", bf16_units=[])
+    assert note is not None and "fp32" in note and jobs.CPU_MODEL in note
+    assert fp32_note(todo, "cpu", bf16_units=["amx_bf16"]) is None  # pretrains in bf16, as the record did
+    assert fp32_note(todo, "cuda", bf16_units=[]) is None
+    assert fp32_note(todo[1:], "cpu", bf16_units=[]) is None  # nothing to pretrain: detection is fp32
+    done = [jobs.Job("pretrain k3", done=lambda: True, stage="pretrain")]
+    assert fp32_note(done, "cpu", bf16_units=[]) is None
