@@ -79,7 +79,15 @@ def run_jobs(jobs: list[Job], out: Path, parallel: int, timings: dict) -> list[J
 
     def record(name: str, stage: str, wall: float, usage, finished: bool) -> dict:
         """CPU and wall seconds of a job, summed over its attempts (an interrupted run resumes later)."""
-        t = timings.get(name, {"stage": stage, "wall_s": 0.0, "cpu_s": 0.0, "attempts": 0})
+        t = timings.get(name)
+        if t is None or t.get("finished"):
+            # a first run, or a new one after a finished run whose outputs are gone (a share that imported the
+            # record pretrains a row again): its seconds are its own, not added to the finished run's (kept
+            # under "earlier" for the stage sums)
+            earlier = [] if t is None else [*t.pop("earlier", []), t]
+            t = {"stage": stage, "wall_s": 0.0, "cpu_s": 0.0, "attempts": 0}
+            if earlier:
+                t["earlier"] = earlier
         # CPU seconds (Fig. 4's axis) compare only on one CPU model: a resume elsewhere is recorded, and so is
         # one after an attempt timed before the model was recorded (its machine is unknown)
         before = t.get("cpu", "not recorded" if t["cpu_s"] else CPU_MODEL)

@@ -121,8 +121,9 @@ def collect(out: Path, p: dict, preset: str, main: str) -> dict:
     for t in timings.values():
         s = stages.setdefault(t["stage"], {"jobs": 0, "wall_s": 0.0, "cpu_s": 0.0})
         s["jobs"] += 1
-        s["wall_s"] = round(s["wall_s"] + t["wall_s"], 1)
-        s["cpu_s"] = round(s["cpu_s"] + t["cpu_s"], 1)
+        for run in (*t.get("earlier", []), t):  # a job run again after a finished run cost both
+            s["wall_s"] = round(s["wall_s"] + run["wall_s"], 1)
+            s["cpu_s"] = round(s["cpu_s"] + run["cpu_s"], 1)
     res["timings"] = {
         "stages": stages,
         "jobs": timings,

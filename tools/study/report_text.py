@@ -166,8 +166,11 @@ def timed_on_note(res: dict, rows: list[dict]) -> str:
     timed = {c: runs for c, runs in timed.items() if runs}
     if len(timed) < 2:
         return ""
+    fp32 = [cpu for cpu in timed if "(no bf16)" in cpu]
     return ("Pretraining CPU seconds compare only within one CPU model; these runs were timed on "
-            + "; ".join(f"{cpu}: {', '.join(runs)}" for cpu, runs in timed.items()) + ".")
+            + "; ".join(f"{cpu}: {', '.join(runs)}" for cpu, runs in timed.items()) + "."
+            + (" A CPU without bf16 units pretrains in fp32 (amp: auto), the others in bf16: the runs differ "
+               "in precision too." if fp32 and len(fp32) < len(timed) else ""))
 
 
 def fig4(res: dict, main: str) -> list[str]:

@@ -232,7 +232,10 @@ def test_fig5_names_the_cpu_models_when_its_shares_ran_on_two_machines():
     timed = {"Xeon": ["k1", "k2", "other"], "EPYC": ["k3", "k4"]}
     res = {"rows": rows, "settings": settings, "timed_on": timed}
     text = "\n".join(report_text.fig5(res, "lowdata"))
-    assert "timed on Xeon: k1, k2; EPYC: k3, k4." in text
+    assert "timed on Xeon: k1, k2; EPYC: k3, k4." in text and "precision" not in text
+    res["timed_on"] = {"Xeon (amx_bf16)": ["k1", "k2"], "EPYC (no bf16)": ["k3", "k4"]}
+    text = "\n".join(report_text.fig5(res, "lowdata"))
+    assert "EPYC (no bf16): k3, k4." in text and "differ in precision" in text
     res["timed_on"] = {"Xeon": ["k1", "k2", "k3", "k4"], "EPYC": ["other"]}
     assert "CPU model" not in "\n".join(report_text.fig5(res, "lowdata"))
 
@@ -301,3 +304,25 @@ def test_a_cpu_without_bf16_units_is_told_it_pretrains_in_fp32():
     assert fp32_note(todo[1:], "cpu", bf16_units=[]) is None  # nothing to pretrain: detection is fp32
     done = [jobs.Job("pretrain k3", done=lambda: True, stage="pretrain")]
     assert fp32_note(done, "cpu", bf16_units=[]) is None
+
+
+def test_a_job_run_again_after_a_finished_run_is_timed_on_its_own(tmp_path):
+    """A share that imported the record pretrains a row again (checkpoints are not carried): the new run's
+    seconds are its own, not added to the finished run's, or the row's pretraining CPU time would double."""
+    import sys
+
+    from tools.study import jobs
+
+    mark = tmp_path / "ckpt"
+    again = jobs.Job("pretrain supervised", done=mark.exists,
+                     cmd=[sys.executable, "-c", f"open({str(mark)!r}, 'w')"], stage="pretrain")
+    first = {"stage": "pretrain", "wall_s": 3575.6, "cpu_s": 2264.5, "attempts": 1, "cpu": "Xeon",
+             "finished": 1796202101.4}
+    timings = {"pretrain supervised": dict(first)}
+    assert jobs.run_jobs([again], tmp_path, 1, timings) == []
+    t = timings["pretrain supervised"]
+    assert t["cpu"] == jobs.CPU_MODEL and t["attempts"] == 1 and t["cpu_s"] < 100 and t["finished"]
+    assert t["earlier"] == [first]
+    mark.unlink()  # and once more: every earlier run is kept, flat
+    assert jobs.run_jobs([again], tmp_path, 1, timings) == []
+    assert [e["cpu_s"] for e in timings["pretrain supervised"]["earlier"]] == [2264.5, t["cpu_s"]]
