@@ -17,6 +17,7 @@ from pathlib import Path
 from pretrain import precision
 
 ROOT = Path(__file__).resolve().parents[2]
+NO_BF16 = "no bf16"  # cpu_model()'s mark of a CPU that pretrains in fp32; report_text reads it
 
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
@@ -32,7 +33,7 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     except OSError:
         return "unknown"
     units = precision.cpu_bf16_flags(cpuinfo)
-    return f"{name} ({', '.join(units) if units else 'no bf16'})"
+    return f"{name} ({', '.join(units) if units else NO_BF16})"
 
 
 CPU_MODEL = cpu_model()

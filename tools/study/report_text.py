@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from tools.study.jobs import NO_BF16
 from tools.study.rows import INSTRUMENTS
 
 
@@ -166,7 +167,7 @@ def timed_on_note(res: dict, rows: list[dict]) -> str:
     timed = {c: runs for c, runs in timed.items() if runs}
     if len(timed) < 2:
         return ""
-    fp32 = [cpu for cpu in timed if "(no bf16)" in cpu]
+    fp32 = [cpu for cpu in timed if f"({NO_BF16})" in cpu]
     return ("Pretraining CPU seconds compare only within one CPU model; these runs were timed on "
             + "; ".join(f"{cpu}: {', '.join(runs)}" for cpu, runs in timed.items()) + "."
             + (" A CPU without bf16 units pretrains in fp32 (amp: auto), the others in bf16: the runs differ "
