@@ -269,9 +269,13 @@ def atomic_write(path: str, write) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes the file private; give it a normal file's mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
+        # Ctrl-C inside torch.save's writer surfaces as its RuntimeError ("unexpected pos ...") with the
+        # interrupt only as __context__: raise the interrupt, so no caller reports it as a write failure.
+        if isinstance(e.__context__, (KeyboardInterrupt, SystemExit)):
+            raise e.__context__ from None
         raise
 
 

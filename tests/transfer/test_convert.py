@@ -351,3 +351,25 @@ def test_cli_end_to_end(tmp_path, r18):
     r = subprocess.run(run, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == "" and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert not (tmp_path / "bad_out.pth").exists()
+
+
+def test_ctrl_c_inside_torch_save_is_an_interrupt_not_a_write_error(tmp_path):
+    """torch.save turns a KeyboardInterrupt raised in the file's write into RuntimeError("unexpected pos"),
+    which convert would report as "cannot write"; atomic_write raises the interrupt and leaves no file."""
+    class CtrlCOnThirdWrite:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            self.n += 1
+            if self.n == 3:
+                raise KeyboardInterrupt
+            return self.f.write(b)
+
+        def flush(self):
+            self.f.flush()
+
+    out = tmp_path / "out.pth"
+    with pytest.raises(KeyboardInterrupt):
+        cv.atomic_write(str(out), lambda f: torch.save({"w": torch.zeros(100_000)}, CtrlCOnThirdWrite(f)))
+    assert list(tmp_path.iterdir()) == []
