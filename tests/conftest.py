@@ -56,3 +56,24 @@ def module_tmp(request, tmp_path_factory):
     if request.session.testsfailed == failed_before:
         for path in made:
             shutil.rmtree(path, ignore_errors=True)
+
+
+class _CtrlCOnThirdWrite:
+    def __init__(self, f):
+        self.f, self.n = f, 0
+
+    def write(self, b):
+        self.n += 1
+        if self.n == 3:
+            raise KeyboardInterrupt
+        return self.f.write(b)
+
+    def flush(self):
+        self.f.flush()
+
+
+@pytest.fixture
+def ctrl_c_on_third_write():
+    """Wraps a file so that its third write raises KeyboardInterrupt: Ctrl-C while torch.save's C++ writer is
+    writing, which torch reports as RuntimeError("unexpected pos") with the interrupt only as its context."""
+    return _CtrlCOnThirdWrite

@@ -72,28 +72,15 @@ def test_interrupted_write_keeps_previous(tmp_path, model, monkeypatch):
     assert path.read_bytes() == before and not list(tmp_path.glob(".*tmp*"))
 
 
-def test_ctrl_c_inside_torch_save_stays_an_interrupt(tmp_path, model):
+def test_ctrl_c_inside_torch_save_stays_an_interrupt(tmp_path, model, ctrl_c_on_third_write):
     """Ctrl-C while torch.save's C++ writer calls the file's write: torch raises RuntimeError("unexpected pos")
     with the KeyboardInterrupt only as context. It must stay an interrupt (exit 130), not a write failure."""
     path = tmp_path / "checkpoint.pth"
     checkpoint.save_checkpoint(_state(model), path)
     before = path.read_bytes()
 
-    class CtrlCOnThirdWrite:
-        def __init__(self, f):
-            self.f, self.n = f, 0
-
-        def write(self, b):
-            self.n += 1
-            if self.n == 3:
-                raise KeyboardInterrupt
-            return self.f.write(b)
-
-        def flush(self):
-            self.f.flush()
-
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_write(path, lambda f: torch.save(_state(model), CtrlCOnThirdWrite(f)))
+        checkpoint.atomic_write(path, lambda f: torch.save(_state(model), ctrl_c_on_third_write(f)))
     assert path.read_bytes() == before and not list(tmp_path.glob(".*tmp*"))
 
 

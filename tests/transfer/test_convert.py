@@ -353,23 +353,10 @@ def test_cli_end_to_end(tmp_path, r18):
     assert not (tmp_path / "bad_out.pth").exists()
 
 
-def test_ctrl_c_inside_torch_save_is_an_interrupt_not_a_write_error(tmp_path):
+def test_ctrl_c_inside_torch_save_is_an_interrupt_not_a_write_error(tmp_path, ctrl_c_on_third_write):
     """torch.save turns a KeyboardInterrupt raised in the file's write into RuntimeError("unexpected pos"),
     which convert would report as "cannot write"; atomic_write raises the interrupt and leaves no file."""
-    class CtrlCOnThirdWrite:
-        def __init__(self, f):
-            self.f, self.n = f, 0
-
-        def write(self, b):
-            self.n += 1
-            if self.n == 3:
-                raise KeyboardInterrupt
-            return self.f.write(b)
-
-        def flush(self):
-            self.f.flush()
-
     out = tmp_path / "out.pth"
     with pytest.raises(KeyboardInterrupt):
-        cv.atomic_write(str(out), lambda f: torch.save({"w": torch.zeros(100_000)}, CtrlCOnThirdWrite(f)))
+        cv.atomic_write(str(out), lambda f: torch.save({"w": torch.zeros(100_000)}, ctrl_c_on_third_write(f)))
     assert list(tmp_path.iterdir()) == []
