@@ -57,8 +57,9 @@ def atomic_write(path: str | os.PathLike, write) -> None:
             pass
         if not isinstance(e, (OSError, RuntimeError)):  # torch.save reports write failures as RuntimeError
             raise
-        # Ctrl-C (or a SIGTERM handler's exception) during torch.save surfaces as its RuntimeError ("unexpected
-        # pos ...") with the interrupt only as __context__: re-raise the interrupt, it is no write failure.
+        # Ctrl-C (or a signal handler's SystemExit) during torch.save surfaces as its RuntimeError
+        # ("unexpected pos ...") with the interrupt only as __context__: re-raise the interrupt, it is no
+        # write failure.
         if isinstance(e.__context__, (KeyboardInterrupt, SystemExit)):
             raise e.__context__ from None
         cause = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]

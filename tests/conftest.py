@@ -59,13 +59,13 @@ def module_tmp(request, tmp_path_factory):
 
 
 class _CtrlCOnThirdWrite:
-    def __init__(self, f):
-        self.f, self.n = f, 0
+    def __init__(self, f, raises: BaseException | type = KeyboardInterrupt):
+        self.f, self.n, self.raises = f, 0, raises
 
     def write(self, b):
         self.n += 1
         if self.n == 3:
-            raise KeyboardInterrupt
+            raise self.raises
         return self.f.write(b)
 
     def flush(self):
@@ -74,6 +74,7 @@ class _CtrlCOnThirdWrite:
 
 @pytest.fixture
 def ctrl_c_on_third_write():
-    """Wraps a file so that its third write raises KeyboardInterrupt: Ctrl-C while torch.save's C++ writer is
-    writing, which torch reports as RuntimeError("unexpected pos") with the interrupt only as its context."""
+    """Wraps a file so that its third write raises KeyboardInterrupt (or `raises`, e.g. the SystemExit of a
+    SIGINT handler): Ctrl-C while torch.save's C++ writer is writing, which torch reports as
+    RuntimeError("unexpected pos") with the interrupt only as its context."""
     return _CtrlCOnThirdWrite

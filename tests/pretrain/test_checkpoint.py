@@ -72,15 +72,21 @@ def test_interrupted_write_keeps_previous(tmp_path, model, monkeypatch):
     assert path.read_bytes() == before and not list(tmp_path.glob(".*tmp*"))
 
 
-def test_ctrl_c_inside_torch_save_stays_an_interrupt(tmp_path, model, ctrl_c_on_third_write):
-    """Ctrl-C while torch.save's C++ writer calls the file's write: torch raises RuntimeError("unexpected pos")
-    with the KeyboardInterrupt only as context. It must stay an interrupt (exit 130), not a write failure."""
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt(), SystemExit(130)],
+                         ids=["ctrl-c", "sigint-handler"])
+def test_ctrl_c_inside_torch_save_stays_an_interrupt(tmp_path, model, ctrl_c_on_third_write, interrupt):
+    """Ctrl-C while torch.save's C++ writer calls the file's write: torch raises RuntimeError("unexpected
+    pos") with the interrupt only as context. It must stay an interrupt (exit 130), not a write failure."""
     path = tmp_path / "checkpoint.pth"
     checkpoint.save_checkpoint(_state(model), path)
     before = path.read_bytes()
 
-    with pytest.raises(KeyboardInterrupt):
-        checkpoint.atomic_write(path, lambda f: torch.save(_state(model), ctrl_c_on_third_write(f)))
+    def interrupted_save(f):
+        torch.save(_state(model), ctrl_c_on_third_write(f, interrupt))
+
+    with pytest.raises(type(interrupt)) as raised:  # tools.study's SIGINT handler raises SystemExit(130)
+        checkpoint.atomic_write(path, interrupted_save)
+    assert raised.value is interrupt
     assert path.read_bytes() == before and not list(tmp_path.glob(".*tmp*"))
 
 
