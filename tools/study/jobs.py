@@ -14,29 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pretrain import precision
+from tools.study.cpu import this_cpu
 
 ROOT = Path(__file__).resolve().parents[2]
-NO_BF16 = "no bf16"  # cpu_model()'s mark of a CPU that pretrains in fp32; report_text reads it
-
-
-def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
-    """The CPU model name and its native bf16 units, e.g. 'AMD EPYC (avx512_bf16)' or 'AMD EPYC (no bf16)'.
-
-    The model name alone does not identify the kernels: a virtual machine reports 'AMD EPYC' for generations
-    with and without AVX512-BF16, and `amp: auto` pretrains in bf16 on one and in fp32 on the other
-    (pretrain/precision.py), at several times the CPU seconds."""
-    try:
-        with open(cpuinfo) as f:
-            names = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-            name = next(names, "unknown")
-    except OSError:
-        return "unknown"
-    units = precision.cpu_bf16_flags(cpuinfo)
-    return f"{name} ({', '.join(units) if units else NO_BF16})"
-
-
-CPU_MODEL = cpu_model()
 
 
 @dataclass
@@ -91,9 +71,10 @@ def run_jobs(jobs: list[Job], out: Path, parallel: int, timings: dict) -> list[J
                 t["earlier"] = earlier
         # CPU seconds (Fig. 4's axis) compare only on one CPU model: a resume elsewhere is recorded, and so is
         # one after an attempt timed before the model was recorded (its machine is unknown)
-        before = t.get("cpu", "not recorded" if t["cpu_s"] else CPU_MODEL)
+        here = this_cpu()
+        before = t.get("cpu", "not recorded" if t["cpu_s"] else here)
         t.update(
-            cpu=CPU_MODEL if before == CPU_MODEL else f"{before} + {CPU_MODEL}",
+            cpu=here if before == here else f"{before} + {here}",
             wall_s=round(t["wall_s"] + wall, 1),
             attempts=t.get("attempts", 1) + 1,
             cpu_s=round(t["cpu_s"] + usage.ru_utime + usage.ru_stime, 1),

@@ -13,7 +13,8 @@ from pretrain import checkpoint, precision
 from pretrain.model import resnet_backbone
 from tools.data import scenes
 from tools.data.subsets import balanced_subset, link_tree
-from tools.study.jobs import CPU_MODEL, Job, needed, save_json
+from tools.study.cpu import this_cpu
+from tools.study.jobs import Job, needed, save_json
 from tools.study.rows import CONFIGS, INSTRUMENTS, detections_of, rows_of, runs_of
 
 PY = sys.executable
@@ -32,7 +33,7 @@ def fp32_note(jobs: list[Job], device: str, bf16_units: list[str] | None = None)
     units = precision.cpu_bf16_flags() if bf16_units is None else bf16_units
     if device != "cpu" or units or not any(j.stage == "pretrain" and not j.done() for j in jobs):
         return None
-    return (f"{CPU_MODEL}: no native bf16 units, so pretraining runs in fp32 (amp: auto), in another "
+    return (f"{this_cpu()}: no native bf16 units, so pretraining runs in fp32 (amp: auto), in another "
             "precision than bf16-pretrained rows and at more CPU seconds (docs/study.md, 'Machines')")
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tools.study.jobs import NO_BF16
+from tools.study.cpu import NO_BF16
 from tools.study.rows import INSTRUMENTS
 
 

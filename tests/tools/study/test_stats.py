@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from tools.study import stats
+from tools.study import cpu, stats
 from tools.study.rows import PARTS, PRESETS, check_preset, detections_of, rows_of, runs_of
 
 
@@ -255,12 +255,12 @@ def test_a_resumed_job_records_every_cpu_model_its_seconds_came_from(tmp_path):
     timings = {
         "elsewhere": {"stage": "convert", "wall_s": 5.0, "cpu_s": 4.0, "attempts": 1, "cpu": "Other CPU"},
         "unrecorded": {"stage": "convert", "wall_s": 5.0, "cpu_s": 4.0},
-        "here": {"stage": "convert", "wall_s": 5.0, "cpu_s": 4.0, "attempts": 1, "cpu": jobs.CPU_MODEL},
+        "here": {"stage": "convert", "wall_s": 5.0, "cpu_s": 4.0, "attempts": 1, "cpu": cpu.this_cpu()},
     }
     assert jobs.run_jobs([job(n) for n in (*timings, "new")], tmp_path, 2, timings) == []
-    assert timings["elsewhere"]["cpu"] == f"Other CPU + {jobs.CPU_MODEL}"
-    assert timings["unrecorded"]["cpu"] == f"not recorded + {jobs.CPU_MODEL}"
-    assert timings["here"]["cpu"] == timings["new"]["cpu"] == jobs.CPU_MODEL
+    assert timings["elsewhere"]["cpu"] == f"Other CPU + {cpu.this_cpu()}"
+    assert timings["unrecorded"]["cpu"] == f"not recorded + {cpu.this_cpu()}"
+    assert timings["here"]["cpu"] == timings["new"]["cpu"] == cpu.this_cpu()
     assert timings["unrecorded"]["cpu_s"] >= 4.0 and timings["new"]["attempts"] == 1
 
 
@@ -277,18 +277,16 @@ def test_top1_bars_show_the_test_set_noise():
 def test_the_cpu_model_names_its_native_bf16_units(tmp_path):
     """Two virtual CPUs both called 'AMD EPYC', one with AVX512-BF16 and one without, pretrain in bf16 and
     fp32 (amp: auto) at different CPU seconds: their CPU time must not be read as one model's."""
-    from tools.study import jobs
-
     def info(flags):
         f = tmp_path / f"cpuinfo_{len(flags)}"
-        cpu = "processor\t: {}\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 " + flags + "\n\n"
-        f.write_text("".join(cpu.format(i) for i in range(2)))
+        block = "processor\t: {}\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx2 " + flags + "\n\n"
+        f.write_text("".join(block.format(i) for i in range(2)))
         return str(f)
 
-    with_bf16, without = jobs.cpu_model(info("avx512f avx512_bf16")), jobs.cpu_model(info("avx512f"))
+    with_bf16, without = cpu.cpu_model(info("avx512f avx512_bf16")), cpu.cpu_model(info("avx512f"))
     assert with_bf16 == "AMD EPYC (avx512_bf16)" and without == "AMD EPYC (no bf16)"
-    assert jobs.cpu_model(info("amx_bf16 avx512_bf16")) == "AMD EPYC (amx_bf16, avx512_bf16)"
-    assert jobs.cpu_model(str(tmp_path / "absent")) == "unknown"
+    assert cpu.cpu_model(info("amx_bf16 avx512_bf16")) == "AMD EPYC (amx_bf16, avx512_bf16)"
+    assert cpu.cpu_model(str(tmp_path / "absent")) == "unknown"
 
 
 def test_a_cpu_without_bf16_units_is_told_it_pretrains_in_fp32():
@@ -298,7 +296,7 @@ def test_a_cpu_without_bf16_units_is_told_it_pretrains_in_fp32():
     todo = [jobs.Job("pretrain k3", done=lambda: False, stage="pretrain"),
             jobs.Job("det k3", done=lambda: False, stage="transfer")]
     note = fp32_note(todo, "cpu", bf16_units=[])
-    assert note is not None and "fp32" in note and jobs.CPU_MODEL in note
+    assert note is not None and "fp32" in note and cpu.this_cpu() in note
     assert fp32_note(todo, "cpu", bf16_units=["amx_bf16"]) is None  # pretrains in bf16, as the record did
     assert fp32_note(todo, "cuda", bf16_units=[]) is None
     assert fp32_note(todo[1:], "cpu", bf16_units=[]) is None  # nothing to pretrain: detection is fp32
@@ -321,8 +319,19 @@ def test_a_job_run_again_after_a_finished_run_is_timed_on_its_own(tmp_path):
     timings = {"pretrain supervised": dict(first)}
     assert jobs.run_jobs([again], tmp_path, 1, timings) == []
     t = timings["pretrain supervised"]
-    assert t["cpu"] == jobs.CPU_MODEL and t["attempts"] == 1 and t["cpu_s"] < 100 and t["finished"]
+    assert t["cpu"] == cpu.this_cpu() and t["attempts"] == 1 and t["cpu_s"] < 100 and t["finished"]
     assert t["earlier"] == [first]
     mark.unlink()  # and once more: every earlier run is kept, flat
     assert jobs.run_jobs([again], tmp_path, 1, timings) == []
     assert [e["cpu_s"] for e in timings["pretrain supervised"]["earlier"]] == [2264.5, t["cpu_s"]]
+
+
+def test_the_report_reads_cpu_labels_without_the_scheduler():
+    """docs/study.md is regenerated from results on disk: writing it must not import the job runner
+    (tools/study/jobs.py), which reads this machine's CPU and starts subprocesses."""
+    import subprocess
+    import sys
+
+    probe = "import sys, tools.study.report; print('tools.study.jobs' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
