@@ -28,8 +28,8 @@ class StudyError(Exception):
 
 def fp32_note(jobs: list[Job], device: str, bf16_units: list[str] | None = None) -> str | None:
     """A line to print when this CPU will pretrain in fp32: `amp: auto` takes bf16 only on CPUs with native
-    bf16 units (pretrain/precision.py), and the record's pretraining runs so far were bf16 (docs/study.md), so
-    a row pretrained here differs from them in precision and costs more CPU seconds."""
+    bf16 units (pretrain/precision.py), and most of the record's pretraining runs were bf16 (docs/study.md),
+    so a row pretrained here differs from them in precision and costs more CPU seconds."""
     units = precision.cpu_bf16_flags() if bf16_units is None else bf16_units
     if device != "cpu" or units or not any(j.stage == "pretrain" and not j.done() for j in jobs):
         return None
