@@ -108,7 +108,9 @@ def speedup(
     the bound a factor not reached within fast's budgets lies under. `before_first`: the point estimate lies
     before fast's first measured point, on the straight line from the initial weights (an interpolation).
     """
-    pts = sorted((c, np.array(v, dtype=float)) for c, v in fast if v)
+    # by cost alone, in the given order where costs tie (two short runs can round to the same CPU seconds):
+    # comparing the score arrays of a tie would be ambiguous
+    pts = sorted(((c, np.array(v, dtype=float)) for c, v in fast if v), key=lambda p: p[0])
     if not pts or not slow or not start:
         return None
     rng = np.random.default_rng(seed)

@@ -60,6 +60,15 @@ def test_reach_and_speedup():
     assert s["ci95"][0] <= s["factor"] <= s["ci95"][1] and s["factor"] == pytest.approx(400 / 195, rel=0.05)
 
 
+def test_speedup_with_two_budgets_at_the_same_cost():
+    """Two short runs can be timed at the same CPU seconds: the curve keeps both points in the given order
+    (a vertical step) instead of comparing their seeds' scores to sort them."""
+    s = stats.speedup([(100, [17.0, 18.0]), (100, [19.0, 19.6])], 400, [18.5, 18.7], [16.0, 16.5])
+    assert s["cost"] == 100 and s["factor"] == pytest.approx(4.0) and s["below"] == 4.0
+    s = stats.speedup([(100, [17.0, 18.0]), (100, [17.2, 17.6])], 400, [19.2, 19.4], [16.0, 16.5])
+    assert s["factor"] == 0
+
+
 def test_presets_runs_and_parts():
     for p in PRESETS.values():
         check_preset(p)
