@@ -15,6 +15,7 @@ The loss is always computed in float32, outside autocast (pretrain/engine.py sgd
 from __future__ import annotations
 
 import contextlib
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,19 @@ class Precision:
         if self.dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=self.dtype)
+
+
+def cpu_name(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The CPU's model name as /proc/cpuinfo gives it ('AMD EPYC'), else the platform's ('x86_64', 'arm'), for
+    every figure that is reported with the CPU it was measured on."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from pretrain import precision
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -67,14 +68,8 @@ def cores() -> int:
 
 def machine() -> str:
     """CPU model and threads, for the timing line (the figures move with the CPU)."""
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{model}, {cores()} CPU threads{gpu}"
+    return f"{precision.cpu_name()}, {cores()} CPU threads{gpu}"
 
 
 def run(cmd: list[str], log: Path, env: dict | None = None) -> None:

@@ -1,5 +1,6 @@
 """The `amp` key: resolution per device (CPU flags mocked), old config values, bf16 step, fp32 loss."""
 import contextlib
+import platform
 
 import pytest
 import torch
@@ -61,6 +62,19 @@ def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
     info.write_text("flags\t\t: fpu sse avx2\n")
     assert precision.cpu_bf16_flags(str(info)) == []
     assert precision.cpu_bf16_flags(str(tmp_path / "missing")) == []
+
+
+def test_cpu_name_is_the_model_name_line_else_the_platform(tmp_path):
+    """Every tool that prints a figure with its CPU reads the name here (evaluate, demo, bench, study)."""
+    info = tmp_path / "cpuinfo"
+    name = "AMD EPYC 9454 48-Core Processor"
+    info.write_text(f"processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: {name}\nflags\t\t: fpu\n\n"
+                    f"processor\t: 1\nmodel name\t: {name}\n")
+    assert precision.cpu_name(str(info)) == name
+    info.write_text("processor\t: 0\nflags\t\t: fpu\n")  # no model name line (some ARM kernels)
+    fallback = platform.processor() or platform.machine() or "unknown CPU"
+    assert precision.cpu_name(str(info)) == fallback != ""
+    assert precision.cpu_name(str(tmp_path / "missing")) == fallback
 
 
 def test_config_amp_values_and_old_booleans():

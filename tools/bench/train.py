@@ -159,14 +159,10 @@ def bench_setting(name: str, args, device: torch.device, root: str) -> dict:
 def describe_machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name()
-    model = "unknown CPU"
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            model = next((x.split(":", 1)[1].strip() for x in f if x.startswith("model name")), model)
     flags = precision.cpu_bf16_flags()
     bf16 = (f"native bf16: {'+'.join(flags)}" if flags
             else "no native bf16 (no amx_bf16/avx512_bf16): bf16 emulated")
-    return (f"{model}, {os.cpu_count()} CPUs, {bf16}, {torch.get_num_threads()} torch threads, load average "
+    return (f"{precision.cpu_name()}, {os.cpu_count()} CPUs, {bf16}, {torch.get_num_threads()} torch threads, load average "
             f"{os.getloadavg()[0]:.1f}")
 
 

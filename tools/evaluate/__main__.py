@@ -29,7 +29,7 @@ from torch import Tensor
 from pretrain import knn
 from pretrain.checkpoint import CheckpointError, atomic_write
 from pretrain.config import ConfigError
-from pretrain.precision import resolve
+from pretrain.precision import cpu_name, resolve
 from tools.evaluate import EvalError
 from tools.evaluate.backbone import load_backbone
 from tools.evaluate.features import DTYPES, cached_features, transform_spec
@@ -111,13 +111,7 @@ def topk_accuracy(scores: Tensor, labels: Tensor) -> dict:
 
 
 def hardware(device: torch.device) -> dict:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"device": str(device), "cpu": cpu, "cpu_threads": torch.get_num_threads(),
+    return {"device": str(device), "cpu": cpu_name(), "cpu_threads": torch.get_num_threads(),
             "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
             "torch": torch.__version__, "python": platform.python_version()}
 

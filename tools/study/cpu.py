@@ -15,12 +15,7 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
     The model name alone does not identify the kernels: a virtual machine reports 'AMD EPYC' for generations
     with and without AVX512-BF16, and `amp: auto` pretrains in bf16 on one and in fp32 on the other
     (pretrain/precision.py), at several times the CPU seconds."""
-    try:
-        with open(cpuinfo) as f:
-            names = (line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-            name = next(names, "unknown")
-    except OSError:
-        return "unknown"
+    name = precision.cpu_name(cpuinfo)
     units = precision.cpu_bf16_flags(cpuinfo)
     return f"{name} ({', '.join(units) if units else NO_BF16})"
 

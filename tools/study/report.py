@@ -4,7 +4,8 @@ study_results.json}.
 study_results.json is the small machine-readable record: per row its run, views, pretraining CPU seconds, kNN
 and linear top-1/top-5 (OUT/knn/<row>/results.json of `python -m tools.evaluate`), and per instrument and seed
 box and mask AP, AP50, AP75 (each detection run's results.json); the instrument ranges, the seeds needed, the
-FastSiam - SimSiam differences, the speed-up factors, the timings per stage, the machine and the commands.
+FastSiam - SimSiam differences, Fig. 5's differences between K, the speed-up factors, the timings per stage,
+the machine and the commands.
 study.md and the figures are generated from it (tools/study/stats.py has the statistics).
 """
 
@@ -114,6 +115,7 @@ def collect(out: Path, p: dict, preset: str, main: str) -> dict:
         }
     )
     res["differences"] = differences(res["rows"], main)
+    res["k_differences"] = k_differences(res["rows"], main)
     res["timed_on"] = timed_on(res["rows"])
     res["reference_cpu"] = reference_cpu(res["rows"])
     res["speedup"] = speedups(res["rows"], main, p, res["reference_cpu"])
@@ -164,39 +166,35 @@ def scores(row: dict | None, inst: str, task: str = "bbox") -> list[float]:
     ]
 
 
+def pair(a: dict, b: dict, insts: tuple[str, ...]) -> dict:
+    """Row a - row b: AP on each of `insts` (95% Welch interval over seeds); kNN and linear top-1 (95% normal
+    interval of a difference of two proportions on the test set)."""
+    d = {"AP": {inst: difference(scores(a, inst), scores(b, inst)) for inst in insts}}
+    for key in ("knn_top1", "linear_top1"):
+        x, y, n = a[key], b[key], a["eval_test_images"]
+        if x is not None and y is not None and n:
+            se = math.sqrt(top1_var(x, n) + top1_var(y, n))
+            d[key] = {"difference": x - y, "ci95": [x - y - 1.96 * se, x - y + 1.96 * se]}
+    return d
+
+
 def differences(rows: dict, main: str) -> list[dict]:
-    """FastSiam - SimSiam at every budget both have: AP (95% Welch interval over seeds) on the main instrument
-    and finetune; kNN and linear top-1 (95% normal interval of a difference of two proportions on the test
-    set)."""
+    """FastSiam - SimSiam at every budget both have, on the main instrument and finetune (pair)."""
     out = []
-    for views in sorted(
-        {r["views"] for r in rows.values() if r["method"] == "fastsiam" and r.get("k") is None}
-    ):
-        f = next(
-            (
-                r
-                for r in rows.values()
-                if r["method"] == "fastsiam" and r.get("k") is None and r["views"] == views
-            ),
-            None,
-        )
+    fast = [r for r in rows.values() if r["method"] == "fastsiam" and r.get("k") is None]
+    for views in sorted({r["views"] for r in fast}):
+        f = next((r for r in fast if r["views"] == views), None)
         s = next((r for r in rows.values() if r["method"] == "simsiam" and r["views"] == views), None)
-        if not f or not s:
-            continue
-        d = {
-            "views": views,
-            "AP": {
-                inst: difference(scores(f, inst), scores(s, inst))
-                for inst in dict.fromkeys((main, "finetune"))
-            },
-        }
-        for key in ("knn_top1", "linear_top1"):
-            a, b, n = f[key], s[key], f["eval_test_images"]
-            if a is not None and b is not None and n:
-                se = math.sqrt(top1_var(a, n) + top1_var(b, n))
-                d[key] = {"difference": a - b, "ci95": [a - b - 1.96 * se, a - b + 1.96 * se]}
-        out.append(d)
+        if f and s:
+            out.append({"views": views, **pair(f, s, tuple(dict.fromkeys((main, "finetune"))))})
     return out
+
+
+def k_differences(rows: dict, main: str) -> list[dict]:
+    """Fig. 5: every pair of K, larger K - smaller K, on the main instrument (pair)."""
+    ks = sorted((r for r in rows.values() if r.get("k") is not None), key=lambda r: r["k"])
+    return [{"k": b["k"], "minus_k": a["k"], **pair(b, a, (main,))}
+            for i, a in enumerate(ks) for b in ks[i + 1:]]
 
 
 def target_run(rows: dict) -> dict | None:

@@ -1,5 +1,6 @@
 """study.md's sections from study_results.json (report.collect): the table, the instrument ranges, the
-differences, Fig. 4's factor, Fig. 5, and the run record. Plain words, every number from the record."""
+differences, Fig. 4's factor, Fig. 5 with its differences between K, and the run record. Plain words, every
+number from the record."""
 
 from __future__ import annotations
 
@@ -264,7 +265,24 @@ def fig5(res: dict, main: str) -> list[str]:
     for r in rows:
         out.append(f"| {r['k']} | {r['views']:,} | {run_cells(r, main)} |")
     note = timed_on_note(res, rows)
-    return out + (["", note] if note else []) + ["", "![kNN top-1 and AP against K](study_fig5.png)", ""]
+    return (out + (["", note] if note else []) + ["", "![kNN top-1 and AP against K](study_fig5.png)", ""]
+            + k_diffs(res, main))
+
+
+def k_diffs(res: dict, main: str) -> list[str]:
+    pairs = res.get("k_differences") or []  # a record from before the report computed them has none
+    if not pairs:
+        return []
+    out = [
+        "Every pair of K, larger K - smaller K:",
+        "",
+        f"| K - K | AP^bb {main} | kNN top-1 (points) | linear top-1 (points) |",
+        "|---|---:|---:|---:|",
+    ]
+    for d in pairs:
+        out.append(f"| {d['k']} - {d['minus_k']} | {interval(d['AP'].get(main))} | "
+                   f"{interval(d.get('knn_top1'), 100)} | {interval(d.get('linear_top1'), 100)} |")
+    return out + ["", "Difference of means [95% interval], as for FastSiam - SimSiam above.", ""]
 
 
 def invocation_summary(c: dict) -> str:

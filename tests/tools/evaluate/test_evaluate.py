@@ -17,6 +17,7 @@ import torch
 import torchvision
 from PIL import Image
 
+from pretrain import precision
 from pretrain.checkpoint import save_checkpoint
 from pretrain.model import SiameseNet
 from tools.evaluate import EvalError
@@ -129,7 +130,7 @@ def test_layouts(name, fmt, data, checkpoint, tmp_path, reference_features, caps
     assert (r["knn"]["k"], r["knn"]["t"]) == (200, 0.1) and r["knn"]["k_used"] == 18
     assert r["linear"]["loss_per_epoch"][-1] < r["linear"]["loss_per_epoch"][0]
     assert set(r["seconds"]) >= {"inputs", "features_train", "features_val", "knn", "linear", "total"}
-    assert r["hardware"]["device"] == "cpu" and r["hardware"]["cpu"]
+    assert r["hardware"]["device"] == "cpu" and r["hardware"]["cpu"] == precision.cpu_name()
     feats = torch.load(tmp_path / "out" / "features" / "train.pt", weights_only=True)["features"]
     assert torch.equal(feats, reference_features)  # same backbone behind every layout
     printed = capsys.readouterr().out

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
+from pretrain import precision
 from tools.study import cpu, stats
 from tools.study.rows import PARTS, PRESETS, check_preset, detections_of, rows_of, runs_of
 
@@ -295,7 +296,8 @@ def test_the_cpu_model_names_its_native_bf16_units(tmp_path):
     with_bf16, without = cpu.cpu_model(info("avx512f avx512_bf16")), cpu.cpu_model(info("avx512f"))
     assert with_bf16 == "AMD EPYC (avx512_bf16)" and without == "AMD EPYC (no bf16)"
     assert cpu.cpu_model(info("amx_bf16 avx512_bf16")) == "AMD EPYC (amx_bf16, avx512_bf16)"
-    assert cpu.cpu_model(str(tmp_path / "absent")) == "unknown"
+    absent = str(tmp_path / "absent")  # no /proc/cpuinfo: the platform's name; amp: auto is fp32
+    assert cpu.cpu_model(absent) == f"{precision.cpu_name(absent)} (no bf16)"
 
 
 def test_a_cpu_without_bf16_units_is_told_it_pretrains_in_fp32():
@@ -344,3 +346,31 @@ def test_the_report_reads_cpu_labels_without_the_scheduler():
     probe = "import sys, tools.study.report; print('tools.study.jobs' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_fig5_reports_every_pair_of_k_with_its_interval():
+    """The prose on Fig. 5 rests on differences between K: the report computes them from the record (every
+    pair, larger K - smaller K; Welch over seeds for AP, two proportions for top-1) and prints them."""
+    from tools.study import report, report_text
+
+    def run(k, aps, knn):
+        det = {"lowdata": {str(i): {"bbox": {"AP": a}, "segm": {"AP": a}} for i, a in enumerate(aps)}}
+        return dict(method="fastsiam", k=k, run=f"k{k}", views=288, pretrain_cpu_s=100.0, pretrain_cpu="EPYC",
+                    knn_top1=knn, linear_top1=0.5, eval_test_images=5000, summary={}, det=det)
+
+    rows = {"k1": run(1, [15.0, 16.0, 17.0], 0.40), "k3": run(3, [17.0, 18.0, 19.0], 0.42),
+            "k2": run(2, [16.0, 16.5, 17.0], 0.41)}
+    rows["simsiam"] = {**run(None, [1.0, 2.0], 0.3), "method": "simsiam"}  # not a K row
+    pairs = report.k_differences(rows, "lowdata")
+    assert [(d["k"], d["minus_k"]) for d in pairs] == [(2, 1), (3, 1), (3, 2)]
+    d31 = pairs[1]
+    assert d31["AP"]["lowdata"] == stats.difference([17.0, 18.0, 19.0], [15.0, 16.0, 17.0])
+    half = 1.96 * math.sqrt(stats.top1_var(0.42, 5000) + stats.top1_var(0.40, 5000))
+    assert d31["knn_top1"]["ci95"] == pytest.approx([0.02 - half, 0.02 + half])
+    settings = {"fig5": dict(views_per_batch=120, views_per_image=60, lr=0.125, images=4800)}
+    res = {"rows": rows, "settings": settings, "k_differences": pairs}
+    text = "\n".join(report_text.fig5(res, "lowdata"))
+    lo, hi = d31["AP"]["lowdata"]["ci95"]
+    assert f"| 3 - 1 | +2.00 [{lo:+.2f}, {hi:+.2f}] | +2.00 [{100 * (0.02 - half):+.2f}," in text
+    # a record written before the report computed the pairs still renders, without the table
+    assert "K - K" not in "\n".join(report_text.fig5({"rows": rows, "settings": settings}, "lowdata"))

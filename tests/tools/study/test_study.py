@@ -51,6 +51,9 @@ def test_tiny_study_end_to_end_then_rerun_only_reports(tmp_path):
     k1, k3 = ((out / "pretrain" / k / "config.yaml").read_text() for k in ("k1", "k3"))
     assert "num_views: 2" in k1 and "batch_size: 4" in k1 and "num_views: 4" in k3 and "batch_size: 2" in k3
     assert rows["k1"]["views"] == rows["k3"]["views"] == 160
+    (k31,) = res["k_differences"]  # the one pair of K, larger minus smaller, with an interval
+    assert (k31["k"], k31["minus_k"]) == (3, 1) and set(k31["AP"]) == {"frozen"}
+    assert k31["knn_top1"]["difference"] == pytest.approx(rows["k3"]["knn_top1"] - rows["k1"]["knn_top1"])
     assert all(r["pretrain_cpu_s"] > 0 for r in rows.values() if r["run"] != "random")
     # the supervised backbone went through the converter as a FastSiam-layout checkpoint, classifier dropped
     report = json.loads((out / "det" / "frozen" / "supervised" / "seed0" / "weights_report.json").read_text())
