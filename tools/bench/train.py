@@ -162,8 +162,8 @@ def describe_machine(device: torch.device) -> str:
     flags = precision.cpu_bf16_flags()
     bf16 = (f"native bf16: {'+'.join(flags)}" if flags
             else "no native bf16 (no amx_bf16/avx512_bf16): bf16 emulated")
-    return (f"{precision.cpu_name()}, {os.cpu_count()} CPUs, {bf16}, {torch.get_num_threads()} torch threads, load average "
-            f"{os.getloadavg()[0]:.1f}")
+    return (f"{precision.cpu_name()}, {os.cpu_count()} CPUs, {bf16}, {torch.get_num_threads()} torch "
+            f"threads, load average {os.getloadavg()[0]:.1f}")
 
 
 def main(argv=None) -> int:
