@@ -2,8 +2,8 @@
 of a difference of two rows, and how many times sooner one method reaches another's score (Fig. 4's factor).
 
 Every interval is a 95% one. Seeds are the detection fine-tuning seeds: a row's spread over them is the noise
-of the instrument (each row has one pretraining run, so pretraining noise is not in it; docs/study.md says
-so).
+of the instrument (each row has one pretraining run, so pretraining noise is not in it; a second record of the
+same rows measures it: compare.py).
 """
 
 from __future__ import annotations
@@ -74,6 +74,23 @@ def difference(a: list[float], b: list[float]) -> dict | None:
     dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     half = float(stats.t.ppf(0.975, dof) * se)
     return {"difference": diff, "ci95": [diff - half, diff + half], "n": [len(a), len(b)]}
+
+
+def contrast(terms: list[tuple[int, list[float]]]) -> dict | None:
+    """sum(sign * mean(values)) over independent groups, with its 95% Welch-Satterthwaite interval: e.g. a
+    difference of two differences, (FastSiam - SimSiam) in one record against the same in another. None
+    below 2 values in any group."""
+    groups = [(sign, np.array([x for x in v if x is not None], dtype=float)) for sign, v in terms]
+    if any(len(v) < 2 for _, v in groups):
+        return None
+    var = [v.var(ddof=1) / len(v) for _, v in groups]
+    est = float(sum(sign * v.mean() for sign, v in groups))
+    se = math.sqrt(sum(var))
+    if se == 0:
+        return {"difference": est, "ci95": [est, est], "n": [len(v) for _, v in groups]}
+    dof = sum(var) ** 2 / sum(w**2 / (len(v) - 1) for w, (_, v) in zip(var, groups))
+    half = float(stats.t.ppf(0.975, dof) * se)
+    return {"difference": est, "ci95": [est - half, est + half], "n": [len(v) for _, v in groups]}
 
 
 def reach(curve: list[tuple[float, float]], target: float) -> float | None:

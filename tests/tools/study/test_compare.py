@@ -1,0 +1,122 @@
+"""tools/study/compare.py: a study's rows in two records (the same rows pretrained twice), B - A."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy import stats as st
+
+from tools.study import compare, stats
+
+SIMSIAM = [15.0, 16.0, 17.0, 15.5]
+FASTSIAM = [16.0, 17.0, 18.0, 16.5]  # the same spread as SimSiam's, one AP higher
+
+
+def row(method: str, aps: list[float], knn: float, cpu: str) -> dict:
+    return {
+        "run": method,
+        "method": method,
+        "views": 319488,
+        "k": None,
+        "budget": 1.0,
+        "pretrain_cpu": cpu,
+        "pretrain_cpu_s": 1000.0,
+        "knn_top1": knn,
+        "knn_top5": None,
+        "linear_top1": None,
+        "linear_top5": None,
+        "eval_test_images": 5000,
+        "det": {"lowdata": {str(i): {"bbox": {"AP": x}, "segm": {"AP": x}} for i, x in enumerate(aps)}},
+    }
+
+
+def record(shift: float, knn_shift: float, cpu: str, sha: str = "abc") -> dict:
+    """SimSiam and FastSiam rows; `shift` AP and `knn_shift` top-1 added to FastSiam's alone."""
+    return {
+        "preset": "full",
+        "settings": {"images": 10000, "table_seeds": 4},
+        "main_instrument": "lowdata",
+        "scenes": {"sha256": sha},
+        "rows": {
+            "simsiam_319488": row("simsiam", SIMSIAM, 0.38, cpu),
+            "fastsiam_319488": row("fastsiam", [x + shift for x in FASTSIAM], 0.40 + knn_shift, cpu),
+        },
+    }
+
+
+def write(tmp_path, name: str, rec: dict):
+    p = tmp_path / name
+    p.write_text(json.dumps(rec))
+    return p
+
+
+def test_each_row_and_the_method_difference_b_minus_a(tmp_path, capsys):
+    a = write(tmp_path, "a.json", record(0.0, 0.0, "CPU one"))
+    more_seeds = {"images": 10000, "table_seeds": 9}  # the table's seed count may differ
+    b = write(tmp_path, "b.json", {**record(1.0, 0.02, "CPU two"), "settings": more_seeds})
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    # a row that did not move: B - A is zero; FastSiam moved by one AP
+    sim, fast = res["rows"]["simsiam_319488"], res["rows"]["fastsiam_319488"]
+    assert sim["pretrained_on"] == ["CPU one", "CPU two"]
+    assert sim["AP"]["lowdata"]["b_minus_a"]["difference"] == pytest.approx(0.0)
+    assert fast["AP"]["lowdata"]["b_minus_a"]["difference"] == pytest.approx(1.0)
+    assert fast["knn_top1"]["b_minus_a"]["difference"] == pytest.approx(0.02)
+    # FastSiam - SimSiam: +1 in A, +2 in B; their difference +1 with a Welch-Satterthwaite interval over four
+    # groups of equal n and variance: df = 4 (n - 1), se = sqrt(4 var / n)
+    m = res["methods"][0]
+    assert m["views"] == 319488
+    assert m["AP"]["lowdata"]["a"]["difference"] == pytest.approx(1.0)
+    assert m["AP"]["lowdata"]["b"]["difference"] == pytest.approx(2.0)
+    n, var = len(SIMSIAM), np.var(SIMSIAM, ddof=1)
+    half = st.t.ppf(0.975, 4 * (n - 1)) * math.sqrt(4 * var / n)
+    assert m["AP"]["lowdata"]["b_minus_a"]["ci95"] == pytest.approx([1.0 - half, 1.0 + half])
+    # top-1: a difference of differences of four test-set proportions, each with its binomial variance
+    ps = [0.42, 0.38, 0.40, 0.38]
+    se = math.sqrt(sum(p * (1 - p) / 5000 for p in ps))
+    assert m["knn_top1"]["b_minus_a"]["difference"] == pytest.approx(0.02)
+    assert m["knn_top1"]["b_minus_a"]["ci95"] == pytest.approx([0.02 - 1.96 * se, 0.02 + 1.96 * se])
+    assert m["linear_top1"]["b_minus_a"] is None  # no linear scores: no interval, not a zero
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert md.rstrip("\n") == capsys.readouterr().out.rstrip("\n")
+    assert "| fastsiam_319488 | CPU one / CPU two | AP^bb lowdata (seeds 4 / 4) | 16.9 ± 0.9 |" in md
+    assert "| 319,488 | AP^bb lowdata | +1.00 " in md
+    assert f"| +1.00 [{1 - half:+.2f}, {1 + half:+.2f}] |" in md
+
+
+def test_contrast_of_two_groups_is_welchs_difference():
+    a, b = [1.0, 2.0, 4.0], [0.5, 0.7, 0.9, 1.4]
+    c, d = stats.contrast([(1, a), (-1, b)]), stats.difference(a, b)
+    assert c["difference"] == pytest.approx(d["difference"]) and c["ci95"] == pytest.approx(d["ci95"])
+    assert stats.contrast([(1, a), (-1, [1.0])]) is None
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r.update(preset="quick"), "made with other settings"),
+        (lambda r: r["settings"].update(images=500), "made with other settings"),
+        (lambda r: r.update(main_instrument="frozen"), "made with other settings"),
+        (lambda r: r["scenes"].update(sha256="def"), "made on other scenes"),
+        (lambda r: r.update(rows={}), "share no row"),
+    ],
+)
+def test_records_that_do_not_compare_are_refused_in_one_line(tmp_path, capsys, change, message):
+    a = write(tmp_path, "a.json", record(0.0, 0.0, "CPU one"))
+    rec = record(0.0, 0.0, "CPU one")
+    change(rec)
+    b = write(tmp_path, "b.json", rec)
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_file_that_is_not_a_record_is_refused(tmp_path, capsys):
+    a = write(tmp_path, "a.json", record(0.0, 0.0, "CPU one"))
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"rows": {}}))
+    for bad in ("bad.json", "other.json", "missing.json"):
+        assert compare.main([str(a), str(tmp_path / bad)]) == 2
+        assert "study_results.json" in capsys.readouterr().err

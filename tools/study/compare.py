@@ -1,0 +1,185 @@
+"""Two records of the same study side by side: how far a row moves when its backbone is pretrained again (the
+same run on another machine or in another precision), and whether FastSiam - SimSiam holds in both.
+
+    python -m tools.study.compare docs/study_results.json docs/study_fp32_results.json --out runs/compare
+
+A row's detection seeds all fine-tune one backbone, so the report's intervals hold fine-tuning noise only
+(tools/study/stats.py); a second record with the same rows pretrained again measures the pretraining run's
+share. Both records (a report's study_results.json) must come from the same preset, settings (the table's
+seed count aside) and scenes; rows in both are compared, B - A. Writes OUT/compare.md and OUT/compare.json
+and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from tools.study.report import pair, scores
+from tools.study.report_text import fmt, interval, pct
+from tools.study.stats import contrast, summary, top1_var
+
+
+TOP1 = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1"}
+
+
+class CompareError(Exception):
+    """The records cannot be compared: one line, exit status 2."""
+
+
+def read(path: Path) -> dict:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CompareError(f"{path}: not a readable study_results.json ({e})") from None
+    keys = {"preset", "settings", "rows", "scenes", "main_instrument"}
+    if not isinstance(rec, dict) or not keys <= set(rec):
+        raise CompareError(f"{path}: not a study_results.json (no preset, settings, rows and scenes)")
+    return rec
+
+
+def check(a: dict, b: dict, pa: Path, pb: Path) -> None:
+    """Same preset, settings (the table's seed count aside), main instrument and scenes, and a row in both."""
+    def fixed(r: dict) -> tuple:
+        settings = {k: v for k, v in r["settings"].items() if k != "table_seeds"}
+        return r["preset"], settings, r["main_instrument"]
+
+    if fixed(a) != fixed(b):
+        raise CompareError(f"{pb}: made with other settings than {pa} (preset, sizes or main instrument)")
+    sha = [(r["scenes"] or {}).get("sha256") for r in (a, b)]
+    if sha[0] != sha[1]:
+        raise CompareError(f"{pb}: made on other scenes than {pa} (sha256 {sha[1]} against {sha[0]})")
+    if not set(a["rows"]) & set(b["rows"]):
+        raise CompareError(f"{pa} and {pb} share no row")
+
+
+def top1_contrast(rows: list[tuple[int, dict]], key: str) -> dict | None:
+    """sum(sign * top-1) over independent test-set scores, with a normal interval (binomial variances)."""
+    if any(r[key] is None or not r["eval_test_images"] for _, r in rows):
+        return None
+    est = sum(sign * r[key] for sign, r in rows)
+    se = math.sqrt(sum(top1_var(r[key], r["eval_test_images"]) for _, r in rows))
+    return {"difference": est, "ci95": [est - 1.96 * se, est + 1.96 * se]}
+
+
+def method_rows(rec: dict, views: int) -> tuple[dict, dict] | None:
+    """The record's FastSiam and SimSiam rows at these views (not Fig. 5's K rows)."""
+    def find(method: str) -> dict | None:
+        return next((r for r in rec["rows"].values()
+                     if r["method"] == method and r.get("k") is None and r["views"] == views), None)
+
+    f, s = find("fastsiam"), find("simsiam")
+    return (f, s) if f and s else None
+
+
+def compare(a: dict, b: dict, pa: Path, pb: Path) -> dict:
+    main = a["main_instrument"]
+    insts = tuple(dict.fromkeys((main, "finetune")))
+    res: dict = {"a": str(pa), "b": str(pb), "main_instrument": main, "rows": {}, "methods": []}
+    for name in (r for r in a["rows"] if r in b["rows"]):
+        ra, rb = a["rows"][name], b["rows"][name]
+        d = pair(rb, ra, insts)
+        res["rows"][name] = {
+            "pretrained_on": [ra.get("pretrain_cpu"), rb.get("pretrain_cpu")],
+            "pretrain_cpu_s": [ra.get("pretrain_cpu_s"), rb.get("pretrain_cpu_s")],
+            "AP": {
+                inst: {"a": summary(scores(ra, inst)), "b": summary(scores(rb, inst)),
+                       "b_minus_a": d["AP"][inst]}
+                for inst in insts
+                if scores(ra, inst) or scores(rb, inst)
+            },
+            **{k: {"a": ra[k], "b": rb[k], "b_minus_a": d.get(k)} for k in TOP1},
+        }
+    views = sorted({r["views"] for r in a["rows"].values() if r["method"] == "fastsiam"})
+    for v in views:
+        fa_sa, fb_sb = method_rows(a, v), method_rows(b, v)
+        if not fa_sa or not fb_sb:
+            continue
+        (fa, sa), (fb, sb) = fa_sa, fb_sb
+        da, db = pair(fa, sa, insts), pair(fb, sb, insts)
+        entry: dict = {"views": v, "AP": {}}
+        for inst in insts:
+            both = [(1, scores(fb, inst)), (-1, scores(sb, inst)),
+                    (-1, scores(fa, inst)), (1, scores(sa, inst))]
+            entry["AP"][inst] = {"a": da["AP"][inst], "b": db["AP"][inst], "b_minus_a": contrast(both)}
+        for key in TOP1:
+            entry[key] = {"a": da.get(key), "b": db.get(key),
+                          "b_minus_a": top1_contrast([(1, fb), (-1, sb), (-1, fa), (1, sa)], key)}
+        res["methods"].append(entry)
+    return res
+
+
+def render(res: dict) -> list[str]:
+    main = res["main_instrument"]
+    out = [
+        "# One study's rows pretrained twice: record B against record A",
+        "",
+        f"A: `{res['a']}`; B: `{res['b']}`. Generated by `tools/study/compare.py`.",
+        "",
+        "## Each row in both records (B - A)",
+        "",
+        "| row | pretrained on (A / B) | metric | A | B | B - A [95%] |",
+        "|---|---|---|---:|---:|---:|",
+    ]
+    for name, r in res["rows"].items():
+        on = " / ".join(str(c or "-") for c in r["pretrained_on"])
+        lines = [(f"AP^bb {inst} (seeds {c['a']['n']} / {c['b']['n']})", fmt(c["a"]), fmt(c["b"]),
+                  interval(c["b_minus_a"])) for inst, c in r["AP"].items()]
+        lines += [(f"{label} (%, points)", pct(r[k]["a"]), pct(r[k]["b"]), interval(r[k]["b_minus_a"], 100))
+                  for k, label in TOP1.items()]
+        for i, (metric, x, y, d) in enumerate(lines):
+            out.append(f"| {name if i == 0 else ''} | {on if i == 0 else ''} | {metric} | {x} | {y} | {d} |")
+    out += ["", "AP: mean ± std over detection seeds, B - A with a Welch interval; top-1: a normal "
+            "interval of a difference of two proportions on the test images.", ""]
+    if res["methods"]:
+        out += ["## FastSiam - SimSiam in each record", "",
+                "| views | metric | A | B | B - A [95%] |", "|---:|---|---:|---:|---:|"]
+        for m in res["methods"]:
+            cells = [(f"AP^bb {inst}", c["a"], c["b"], c["b_minus_a"], 1) for inst, c in m["AP"].items()]
+            cells += [(f"{label} (points)", m[k]["a"], m[k]["b"], m[k]["b_minus_a"], 100)
+                      for k, label in TOP1.items()]
+            for i, (metric, x, y, d, scale) in enumerate(cells):
+                views = f"{m['views']:,}" if i == 0 else ""
+                out.append(f"| {views} | {metric} | {interval(x, scale)} | {interval(y, scale)} | "
+                           f"{interval(d, scale)} |")
+        out += ["", "B - A is the difference of the two differences: an interval that excludes zero says "
+                f"the FastSiam - SimSiam difference on {main} moved with the pretraining run.", ""]
+    return out
+
+
+def write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tools.study.compare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("a", type=Path, help="study_results.json of one record (A)")
+    ap.add_argument("b", type=Path, help="study_results.json of the same rows pretrained again (B)")
+    ap.add_argument("--out", type=Path, help="folder for compare.md and compare.json (printed only without)")
+    args = ap.parse_args(argv)
+    try:
+        a, b = read(args.a), read(args.b)
+        check(a, b, args.a, args.b)
+        if args.out is not None and args.out.exists() and not args.out.is_dir():
+            raise CompareError(f"--out {args.out}: not a folder")
+    except CompareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    res = compare(a, b, args.a, args.b)
+    text = "\n".join(render(res))
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        write(args.out / "compare.json", json.dumps(res, indent=1))
+        write(args.out / "compare.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
