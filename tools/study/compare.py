@@ -105,7 +105,8 @@ def compare(a: dict, b: dict, pa: Path, pb: Path) -> dict:
         for inst in insts:
             both = [(1, scores(fb, inst)), (-1, scores(sb, inst)),
                     (-1, scores(fa, inst)), (1, scores(sa, inst))]
-            entry["AP"][inst] = {"a": da["AP"][inst], "b": db["AP"][inst], "b_minus_a": contrast(both)}
+            if da["AP"][inst] or db["AP"][inst]:
+                entry["AP"][inst] = {"a": da["AP"][inst], "b": db["AP"][inst], "b_minus_a": contrast(both)}
         for key in TOP1:
             entry[key] = {"a": da.get(key), "b": db.get(key),
                           "b_minus_a": top1_contrast([(1, fb), (-1, sb), (-1, fa), (1, sa)], key)}
@@ -127,14 +128,18 @@ def render(res: dict) -> list[str]:
     ]
     for name, r in res["rows"].items():
         on = " / ".join(str(c or "-") for c in r["pretrained_on"])
-        lines = [(f"AP^bb {inst} (seeds {c['a']['n']} / {c['b']['n']})", fmt(c["a"]), fmt(c["b"]),
+        cpu = [None if x is None else f"{x:,.0f}" for x in r["pretrain_cpu_s"]]
+        ratio = f"x {r['pretrain_cpu_s'][1] / r['pretrain_cpu_s'][0]:.2f}" if None not in cpu else "-"
+        lines = [("pretraining CPU s", cpu[0] or "-", cpu[1] or "-", ratio)] if cpu != [None, None] else []
+        lines += [(f"AP^bb {inst} (seeds {c['a']['n']} / {c['b']['n']})", fmt(c["a"]), fmt(c["b"]),
                   interval(c["b_minus_a"])) for inst, c in r["AP"].items()]
         lines += [(f"{label} (%, points)", pct(r[k]["a"]), pct(r[k]["b"]), interval(r[k]["b_minus_a"], 100))
                   for k, label in TOP1.items()]
         for i, (metric, x, y, d) in enumerate(lines):
             out.append(f"| {name if i == 0 else ''} | {on if i == 0 else ''} | {metric} | {x} | {y} | {d} |")
     out += ["", "AP: mean ± std over detection seeds, B - A with a Welch interval; top-1: a normal "
-            "interval of a difference of two proportions on the test images.", ""]
+            "interval of a difference of two proportions on the test images; pretraining CPU seconds: B / A "
+            "(they compare within one CPU model and precision only).", ""]
     if res["methods"]:
         out += ["## FastSiam - SimSiam in each record", "",
                 "| views | metric | A | B | B - A [95%] |", "|---:|---|---:|---:|---:|"]

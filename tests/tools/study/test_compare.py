@@ -13,7 +13,7 @@ SIMSIAM = [15.0, 16.0, 17.0, 15.5]
 FASTSIAM = [16.0, 17.0, 18.0, 16.5]  # the same spread as SimSiam's, one AP higher
 
 
-def row(method: str, aps: list[float], knn: float, cpu: str) -> dict:
+def row(method: str, aps: list[float], knn: float, cpu: str, cpu_s: float = 1000.0) -> dict:
     return {
         "run": method,
         "method": method,
@@ -21,7 +21,7 @@ def row(method: str, aps: list[float], knn: float, cpu: str) -> dict:
         "k": None,
         "budget": 1.0,
         "pretrain_cpu": cpu,
-        "pretrain_cpu_s": 1000.0,
+        "pretrain_cpu_s": cpu_s,
         "knn_top1": knn,
         "knn_top5": None,
         "linear_top1": None,
@@ -31,7 +31,7 @@ def row(method: str, aps: list[float], knn: float, cpu: str) -> dict:
     }
 
 
-def record(shift: float, knn_shift: float, cpu: str, sha: str = "abc") -> dict:
+def record(shift: float, knn_shift: float, cpu: str, sha: str = "abc", cpu_s: float = 1000.0) -> dict:
     """SimSiam and FastSiam rows; `shift` AP and `knn_shift` top-1 added to FastSiam's alone."""
     return {
         "preset": "full",
@@ -39,8 +39,8 @@ def record(shift: float, knn_shift: float, cpu: str, sha: str = "abc") -> dict:
         "main_instrument": "lowdata",
         "scenes": {"sha256": sha},
         "rows": {
-            "simsiam_319488": row("simsiam", SIMSIAM, 0.38, cpu),
-            "fastsiam_319488": row("fastsiam", [x + shift for x in FASTSIAM], 0.40 + knn_shift, cpu),
+            "simsiam_319488": row("simsiam", SIMSIAM, 0.38, cpu, cpu_s),
+            "fastsiam_319488": row("fastsiam", [x + shift for x in FASTSIAM], 0.40 + knn_shift, cpu, cpu_s),
         },
     }
 
@@ -54,7 +54,7 @@ def write(tmp_path, name: str, rec: dict):
 def test_each_row_and_the_method_difference_b_minus_a(tmp_path, capsys):
     a = write(tmp_path, "a.json", record(0.0, 0.0, "CPU one"))
     more_seeds = {"images": 10000, "table_seeds": 9}  # the table's seed count may differ
-    b = write(tmp_path, "b.json", {**record(1.0, 0.02, "CPU two"), "settings": more_seeds})
+    b = write(tmp_path, "b.json", {**record(1.0, 0.02, "CPU two", cpu_s=1500.0), "settings": more_seeds})
     assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
     res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     # a row that did not move: B - A is zero; FastSiam moved by one AP
@@ -80,8 +80,9 @@ def test_each_row_and_the_method_difference_b_minus_a(tmp_path, capsys):
     assert m["linear_top1"]["b_minus_a"] is None  # no linear scores: no interval, not a zero
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert md.rstrip("\n") == capsys.readouterr().out.rstrip("\n")
-    assert "| fastsiam_319488 | CPU one / CPU two | AP^bb lowdata (seeds 4 / 4) | 16.9 ± 0.9 |" in md
-    assert "| 319,488 | AP^bb lowdata | +1.00 " in md
+    assert "|  |  | AP^bb lowdata (seeds 4 / 4) | 16.9 ± 0.9 | 17.9 ± 0.9 | +1.00 [" in md
+    assert "| 319,488 | AP^bb lowdata | +1.00 " in md and "finetune" not in md  # no scores: no line
+    assert "| fastsiam_319488 | CPU one / CPU two | pretraining CPU s | 1,000 | 1,500 | x 1.50 |" in md
     assert f"| +1.00 [{1 - half:+.2f}, {1 + half:+.2f}] |" in md
 
 
