@@ -55,6 +55,9 @@ def check(a: dict, b: dict, pa: Path, pb: Path) -> None:
         raise CompareError(f"{pb}: made on other scenes than {pa} (sha256 {sha[1]} against {sha[0]})")
     if not set(a["rows"]) & set(b["rows"]):
         raise CompareError(f"{pa} and {pb} share no row")
+    if all(carried(a["rows"][r], b["rows"][r]) for r in set(a["rows"]) & set(b["rows"])):
+        raise CompareError(f"{pb}: every row it shares with {pa} holds the same scores (one record continued "
+                           "the other with --import): nothing was pretrained again")
 
 
 def top1_contrast(rows: list[tuple[int, dict]], key: str) -> dict | None:
@@ -76,12 +79,30 @@ def method_rows(rec: dict, views: int) -> tuple[dict, dict] | None:
     return (f, s) if f and s else None
 
 
+def carried(ra: dict, rb: dict) -> bool:
+    """The same score in both records (a kNN top-1, or one seed's box AP): a tie to the bit is one run's
+    score (one record continued the other with --import), so the row is one backbone's, not two."""
+    if ra.get("knn_top1") is not None and ra.get("knn_top1") == rb.get("knn_top1"):
+        return True
+
+    def boxes(r: dict) -> dict:
+        det = r.get("det", {})
+        return {(i, seed): s["bbox"]["AP"] for i, seeds in det.items() for seed, s in seeds.items()}
+
+    theirs = boxes(rb)
+    return any(ap is not None and theirs.get(key) == ap for key, ap in boxes(ra).items())
+
+
 def compare(a: dict, b: dict, pa: Path, pb: Path) -> dict:
     main = a["main_instrument"]
     insts = tuple(dict.fromkeys((main, "finetune")))
     res: dict = {"a": str(pa), "b": str(pb), "main_instrument": main, "rows": {}, "methods": []}
+    res["carried"] = []
     for name in (r for r in a["rows"] if r in b["rows"]):
         ra, rb = a["rows"][name], b["rows"][name]
+        if carried(ra, rb):
+            res["carried"].append(name)
+            continue
         d = pair(rb, ra, insts)
         res["rows"][name] = {
             "pretrained_on": [ra.get("pretrain_cpu"), rb.get("pretrain_cpu")],
@@ -97,7 +118,7 @@ def compare(a: dict, b: dict, pa: Path, pb: Path) -> dict:
     views = sorted({r["views"] for r in a["rows"].values() if r["method"] == "fastsiam"})
     for v in views:
         fa_sa, fb_sb = method_rows(a, v), method_rows(b, v)
-        if not fa_sa or not fb_sb:
+        if not fa_sa or not fb_sb or any(carried(x, y) for x, y in zip(fa_sa, fb_sb)):
             continue
         (fa, sa), (fb, sb) = fa_sa, fb_sb
         da, db = pair(fa, sa, insts), pair(fb, sb, insts)
@@ -137,6 +158,9 @@ def render(res: dict) -> list[str]:
                   for k, label in TOP1.items()]
         for i, (metric, x, y, d) in enumerate(lines):
             out.append(f"| {name if i == 0 else ''} | {on if i == 0 else ''} | {metric} | {x} | {y} | {d} |")
+    if res["carried"]:
+        out += ["", f"Not compared: {', '.join(res['carried'])}, whose scores are partly the same in both "
+                "records (one continued the other with --import): one backbone's, not two."]
     out += ["", "AP: mean ± std over detection seeds, B - A with a Welch interval; top-1: a normal "
             "interval of a difference of two proportions on the test images; pretraining CPU seconds: B / A "
             "(they compare within one CPU model and precision only).", ""]
