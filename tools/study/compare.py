@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import sys
 from pathlib import Path
 
-from tools.study.report import pair, scores
+from tools.study.report import pair, scores, write_text
 from tools.study.report_text import fmt, interval, pct
-from tools.study.stats import contrast, summary, top1_var
+from tools.study.stats import contrast, summary, top1_contrast
 
 
 TOP1 = {"knn_top1": "kNN top-1", "linear_top1": "linear top-1"}
@@ -60,15 +58,6 @@ def check(a: dict, b: dict, pa: Path, pb: Path) -> None:
                            "the other with --import): nothing was pretrained again")
 
 
-def top1_contrast(rows: list[tuple[int, dict]], key: str) -> dict | None:
-    """sum(sign * top-1) over independent test-set scores, with a normal interval (binomial variances)."""
-    if any(r[key] is None or not r["eval_test_images"] for _, r in rows):
-        return None
-    est = sum(sign * r[key] for sign, r in rows)
-    se = math.sqrt(sum(top1_var(r[key], r["eval_test_images"]) for _, r in rows))
-    return {"difference": est, "ci95": [est - 1.96 * se, est + 1.96 * se]}
-
-
 def method_rows(rec: dict, views: int) -> tuple[dict, dict] | None:
     """The record's FastSiam and SimSiam rows at these views (not Fig. 5's K rows)."""
     def find(method: str) -> dict | None:
@@ -96,8 +85,8 @@ def carried(ra: dict, rb: dict) -> bool:
 def compare(a: dict, b: dict, pa: Path, pb: Path) -> dict:
     main = a["main_instrument"]
     insts = tuple(dict.fromkeys((main, "finetune")))
-    res: dict = {"a": str(pa), "b": str(pb), "main_instrument": main, "rows": {}, "methods": []}
-    res["carried"] = []
+    res: dict = {"a": str(pa), "b": str(pb), "main_instrument": main}
+    res.update(rows={}, methods=[], carried=[])
     for name in (r for r in a["rows"] if r in b["rows"]):
         ra, rb = a["rows"][name], b["rows"][name]
         if carried(ra, rb):
@@ -129,8 +118,10 @@ def compare(a: dict, b: dict, pa: Path, pb: Path) -> dict:
             if da["AP"][inst] or db["AP"][inst]:
                 entry["AP"][inst] = {"a": da["AP"][inst], "b": db["AP"][inst], "b_minus_a": contrast(both)}
         for key in TOP1:
-            entry[key] = {"a": da.get(key), "b": db.get(key),
-                          "b_minus_a": top1_contrast([(1, fb), (-1, sb), (-1, fa), (1, sa)], key)}
+            rows = [(1, fb), (-1, sb), (-1, fa), (1, sa)]
+            known = all(r[key] is not None and r["eval_test_images"] for _, r in rows)
+            entry[key] = {"a": da.get(key), "b": db.get(key), "b_minus_a": top1_contrast(
+                [(sign, r[key], r["eval_test_images"]) for sign, r in rows]) if known else None}
         res["methods"].append(entry)
     return res
 
@@ -180,12 +171,6 @@ def render(res: dict) -> list[str]:
     return out
 
 
-def write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tools.study.compare", description=__doc__.split("\n\n")[0])
     ap.add_argument("a", type=Path, help="study_results.json of one record (A)")
@@ -204,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(render(res))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        write(args.out / "compare.json", json.dumps(res, indent=1))
-        write(args.out / "compare.md", text)
+        write_text(args.out / "compare.json", json.dumps(res, indent=1))
+        write_text(args.out / "compare.md", text)
     print(text)
     return 0
 

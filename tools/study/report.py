@@ -21,7 +21,7 @@ from pathlib import Path
 from tools.study import plots
 from tools.study.report_text import sections
 from tools.study.rows import INSTRUMENTS, rows_of, runs_of
-from tools.study.stats import difference, instrument_range, seeds_needed, speedup, summary, top1_var
+from tools.study.stats import difference, instrument_range, seeds_needed, speedup, summary, top1_contrast
 
 METRICS = ("AP", "AP50", "AP75")
 RESOLUTION = 0.5  # AP the table's seeds must resolve (the 95% half-width of a difference of two rows)
@@ -173,8 +173,7 @@ def pair(a: dict, b: dict, insts: tuple[str, ...]) -> dict:
     for key in ("knn_top1", "linear_top1"):
         x, y, n = a[key], b[key], a["eval_test_images"]
         if x is not None and y is not None and n:
-            se = math.sqrt(top1_var(x, n) + top1_var(y, n))
-            d[key] = {"difference": x - y, "ci95": [x - y - 1.96 * se, x - y + 1.96 * se]}
+            d[key] = top1_contrast([(1, x, n), (-1, y, n)])
     return d
 
 
@@ -261,16 +260,19 @@ def timed_on(rows: dict) -> dict[str, list[str]]:
     return out
 
 
+def write_text(path: Path, text: str) -> None:
+    """All or nothing: a reader never sees half a file (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write(out: Path, p: dict, preset: str, main: str) -> list[Path]:
     res = collect(out, p, preset, main)
     d = out / "report"
     d.mkdir(parents=True, exist_ok=True)
-    tmp = d / ".study_results.json.tmp"
-    tmp.write_text(json.dumps(res, indent=1, default=list))
-    os.replace(tmp, d / "study_results.json")
+    write_text(d / "study_results.json", json.dumps(res, indent=1, default=list))
     plots.fig4(res, d / "study_fig4.png")
     plots.fig5(res, d / "study_fig5.png")
-    tmp = d / ".study.md.tmp"
-    tmp.write_text("\n".join(sections(res)))
-    os.replace(tmp, d / "study.md")
+    write_text(d / "study.md", "\n".join(sections(res)))
     return [d / "study.md", d / "study_fig4.png", d / "study_fig5.png", d / "study_results.json"]

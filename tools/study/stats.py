@@ -63,17 +63,7 @@ def seeds_needed(std: float, resolution: float = 0.5, most: int = 100) -> int:
 
 def difference(a: list[float], b: list[float]) -> dict | None:
     """mean(a) - mean(b) with its 95% Welch interval; None below 2 values on either side."""
-    a, b = (np.array([x for x in v if x is not None], dtype=float) for v in (a, b))
-    if len(a) < 2 or len(b) < 2:
-        return None
-    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    se = math.sqrt(va + vb)
-    diff = float(a.mean() - b.mean())
-    if se == 0:
-        return {"difference": diff, "ci95": [diff, diff], "n": [len(a), len(b)]}
-    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
-    half = float(stats.t.ppf(0.975, dof) * se)
-    return {"difference": diff, "ci95": [diff - half, diff + half], "n": [len(a), len(b)]}
+    return contrast([(1, a), (-1, b)])
 
 
 def contrast(terms: list[tuple[int, list[float]]]) -> dict | None:
@@ -91,6 +81,14 @@ def contrast(terms: list[tuple[int, list[float]]]) -> dict | None:
     dof = sum(var) ** 2 / sum(w**2 / (len(v) - 1) for w, (_, v) in zip(var, groups))
     half = float(stats.t.ppf(0.975, dof) * se)
     return {"difference": est, "ci95": [est - half, est + half], "n": [len(v) for _, v in groups]}
+
+
+def top1_contrast(terms: list[tuple[int, float, int]]) -> dict:
+    """sum(sign * p) over independent top-1 accuracies p, each on n test images, with a 95% normal interval
+    (binomial variances, top1_var): a difference of two rows, or of two such differences."""
+    est = sum(sign * p for sign, p, _ in terms)
+    se = math.sqrt(sum(top1_var(p, n) for _, p, n in terms))
+    return {"difference": est, "ci95": [est - 1.96 * se, est + 1.96 * se]}
 
 
 def reach(curve: list[tuple[float, float]], target: float) -> float | None:
