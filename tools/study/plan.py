@@ -134,13 +134,18 @@ def plan(args, p: dict, out: Path) -> list[Job]:
         )
     for inst, row, seed in dets:
         jobs.append(det_job(args, p, d, inst, row, seed, d["weights"] / f"{row}.pth"))
-    # pretraining first (the longest jobs, which the most others wait for), then the instrument's rows
+    # pretraining first (the longest jobs, which the most others wait for), then each row's conversion and
+    # evaluation, then detection seed by seed across the rows: a share stopped part-way has as many seeds of
+    # every row, a paired comparison, not all of one row's seeds and none of the next row's
     order = ["random", "supervised", "fastsiam", "simsiam", "k"]
     rank = {j.name: i for i, j in enumerate(jobs)}
+    insts = list(dict.fromkeys(inst for inst, _, _ in dets))  # the main instrument first
+    seed = {f"det {inst} {row} seed{s}": (s, insts.index(inst)) for inst, row, s in dets}
     jobs = sorted(
         jobs,
         key=lambda j: (
-            j.stage != "pretrain",
+            {"pretrain": 0, "transfer": 2}.get(j.stage, 1),
+            seed.get(j.name, (0, 0)),
             next((i for i, m in enumerate(order) if m in j.name), 9),
             rank[j.name],
         ),

@@ -178,6 +178,27 @@ def test_rows_plan_only_their_stages(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_detection_runs_go_seed_by_seed_across_rows(tmp_path):
+    """A share stopped part-way (a session's end, a Slurm time limit) leaves every row with as many seeds:
+    seed s of each row runs before seed s+1 of any, after every pretraining, conversion and evaluation."""
+    import argparse
+
+    from tools.study.plan import plan
+    from tools.study.rows import PRESETS
+
+    p = json.loads(json.dumps(PRESETS["tiny"]))
+    p["table_seeds"] = 3
+    args = argparse.Namespace(part=["table"], instrument="lowdata", rows=["simsiam_512", "fastsiam_512"],
+                              device="cpu")
+    jobs = plan(args, p, tmp_path / "study")
+    stages = [j.stage for j in jobs]
+    assert stages == sorted(stages, key=lambda s: {"pretrain": 0, "transfer": 2}.get(s, 1)), stages
+    dets = [j.name for j in jobs if j.stage == "transfer"]
+    assert dets == [f"det {inst} {row}_512 seed{s}" for s, inst in
+                    ((0, "lowdata"), (0, "finetune"), (1, "lowdata"), (2, "lowdata"))
+                    for row in ("fastsiam", "simsiam")], dets
+
+
 def test_interrupted_study_records_when_it_stopped(tmp_path):
     """SIGINT (Ctrl-C, or Slurm's SIGTERM): the jobs stop, and study.json says when, so the report's wall time
     counts the interrupted stretch instead of dropping it."""
