@@ -8,7 +8,7 @@
     proxy/      the CIFAR-10 kNN proxy, FastSiam vs SimSiam                      (imports data)
     evaluate/   kNN and linear probe of any checkpoint the converter reads       (imports no tools)
     benchmark/  any weights vs ImageNet weights on one's own COCO-format data    (imports launch, results)
-    study/      the small-scale study, pretraining to detection                  (imports data, figures)
+    study/      the small-scale study, pretraining to detection         (imports data, figures, results)
     ci/, install/  shell scripts: the CI Slurm cluster, the detectron2 install
     tables.py   Tables 1-5 beside the paper's numbers                            (imports results)
     demo.py     `make demo`: the whole pipeline at toy size, through the commands above as subprocesses

@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[2]
 ALLOWED = {
     "results": set(), "data": set(), "launch": set(), "evaluate": set(),
     "figures": {"results"}, "bench": {"data"}, "proxy": {"data"},
-    "benchmark": {"launch", "results"}, "study": {"data", "figures"},
+    "benchmark": {"launch", "results"}, "study": {"data", "figures", "results"},
     "tables": {"results"}, "demo": set(),
 }
 ENTRY_POINTS = {"tools.tables", "tools.demo"}  # command-line modules at tools/ root

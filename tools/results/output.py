@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write to a temp file next to `path`, then rename."""
+    """Write to a temp file next to `path`, then rename: a reader never sees half a file. The temp file is
+    created like any other file, so the output gets the umask's mode (mkstemp's would be private to the
+    owner: a table a lab's group cannot read)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        tmp.write_text(text)
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise

@@ -17,7 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from tools.study.report import pair, scores, write_text
+from tools.results.output import write_atomic
+from tools.study.report import pair, scores
 from tools.study.report_text import fmt, interval, pct
 from tools.study.stats import contrast, summary, top1_contrast
 
@@ -189,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(render(res))
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
-        write_text(args.out / "compare.json", json.dumps(res, indent=1))
-        write_text(args.out / "compare.md", text)
+        write_atomic(args.out / "compare.json", json.dumps(res, indent=1))
+        write_atomic(args.out / "compare.md", text)
     print(text)
     return 0
 

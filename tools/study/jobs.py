@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tools.results.output import write_atomic
 from tools.study.cpu import this_cpu
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,8 +157,6 @@ def run_jobs(jobs: list[Job], out: Path, parallel: int, timings: dict) -> list[J
 
 
 def save_json(path: Path, obj) -> None:
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=True))
 
 

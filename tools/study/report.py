@@ -18,6 +18,7 @@ import platform
 import subprocess
 from pathlib import Path
 
+from tools.results.output import write_atomic
 from tools.study import plots
 from tools.study.report_text import sections
 from tools.study.rows import INSTRUMENTS, rows_of, runs_of
@@ -260,19 +261,12 @@ def timed_on(rows: dict) -> dict[str, list[str]]:
     return out
 
 
-def write_text(path: Path, text: str) -> None:
-    """All or nothing: a reader never sees half a file (a temporary file, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write(out: Path, p: dict, preset: str, main: str) -> list[Path]:
     res = collect(out, p, preset, main)
     d = out / "report"
     d.mkdir(parents=True, exist_ok=True)
-    write_text(d / "study_results.json", json.dumps(res, indent=1, default=list))
+    write_atomic(d / "study_results.json", json.dumps(res, indent=1, default=list))
     plots.fig4(res, d / "study_fig4.png")
     plots.fig5(res, d / "study_fig5.png")
-    write_text(d / "study.md", "\n".join(sections(res)))
+    write_atomic(d / "study.md", "\n".join(sections(res)))
     return [d / "study.md", d / "study_fig4.png", d / "study_fig5.png", d / "study_results.json"]
