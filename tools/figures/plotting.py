@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,13 +43,12 @@ def save_figure(fig, path: Path, dpi: int = 150) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         raise UsageError(f"output directory not found: {path.parent}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(fd)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.png")  # the umask's mode (mkstemp's would be 0600)
     try:
         fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        tmp.unlink(missing_ok=True)
         raise
     finally:
         plt.close(fig)

@@ -184,6 +184,26 @@ def test_fig4_png(ablation, tmp_path):
     assert_png(out)
 
 
+def test_saved_figures_get_the_umask_mode_and_leave_no_temp_file(tmp_path):
+    """A figure for a lab's shared folder is as readable as the tables beside it (a mkstemp temp file would
+    make it 0600)."""
+    import os
+    import stat
+
+    from tools.figures.plotting import save_figure
+
+    old = os.umask(0o022)
+    try:
+        fig, ax = plt.subplots()
+        ax.plot([0, 1], [0, 1])
+        save_figure(fig, tmp_path / "fig.png")
+    finally:
+        os.umask(old)
+    assert_png(tmp_path / "fig.png")
+    assert stat.S_IMODE((tmp_path / "fig.png").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
+
+
 def test_fig5_png_and_errors(ablation, tmp_path):
     runs, pre = ablation
     out = tmp_path / "fig5.png"
