@@ -6,8 +6,10 @@ same run on another machine or in another precision), and whether FastSiam - Sim
 A row's detection seeds all fine-tune one backbone, so the report's intervals hold fine-tuning noise only
 (tools/study/stats.py); a second record with the same rows pretrained again measures the pretraining run's
 share. Both records (a report's study_results.json) must come from the same preset, settings (the table's
-seed count aside) and scenes; rows in both are compared, B - A. Writes OUT/compare.md and OUT/compare.json
-and prints the markdown.
+seed count aside) and scenes; rows in both are compared, B - A. A row that is not pretrained (the random
+init: the same weights in both) is shown apart: its B - A is the evaluation's and fine-tuning's spread
+between the two machines, not a pretraining run's. Writes OUT/compare.md and OUT/compare.json and prints the
+markdown.
 """
 
 from __future__ import annotations
@@ -52,11 +54,17 @@ def check(a: dict, b: dict, pa: Path, pb: Path) -> None:
     sha = [(r["scenes"] or {}).get("sha256") for r in (a, b)]
     if sha[0] != sha[1]:
         raise CompareError(f"{pb}: made on other scenes than {pa} (sha256 {sha[1]} against {sha[0]})")
-    if not set(a["rows"]) & set(b["rows"]):
-        raise CompareError(f"{pa} and {pb} share no row")
-    if all(carried(a["rows"][r], b["rows"][r]) for r in set(a["rows"]) & set(b["rows"])):
-        raise CompareError(f"{pb}: every row it shares with {pa} holds the same scores (one record continued "
-                           "the other with --import): nothing was pretrained again")
+    shared = [r for r in a["rows"] if r in b["rows"] and pretrained(a["rows"][r])]
+    if not shared:
+        raise CompareError(f"{pa} and {pb} share no pretrained row")
+    if all(carried(a["rows"][r], b["rows"][r]) for r in shared):
+        raise CompareError(f"{pb}: every pretrained row it shares with {pa} holds the same scores (one record "
+                           "continued the other with --import): nothing was pretrained again")
+
+
+def pretrained(r: dict) -> bool:
+    """A row whose backbone a pretraining run made (the random init's is the same seeded weights anywhere)."""
+    return r["run"] != "random"
 
 
 def method_rows(rec: dict, views: int) -> tuple[dict, dict] | None:
@@ -83,27 +91,36 @@ def carried(ra: dict, rb: dict) -> bool:
     return any(ap is not None and theirs.get(key) == ap for key, ap in boxes(ra).items())
 
 
+def row_change(ra: dict, rb: dict, insts: tuple) -> dict:
+    """One row's scores in A and B and B - A: AP per instrument, top-1 per evaluation."""
+    d = pair(rb, ra, insts)
+    return {
+        "AP": {
+            inst: {"a": summary(scores(ra, inst)), "b": summary(scores(rb, inst)), "b_minus_a": d["AP"][inst]}
+            for inst in insts
+            if scores(ra, inst) or scores(rb, inst)
+        },
+        **{k: {"a": ra[k], "b": rb[k], "b_minus_a": d.get(k)} for k in TOP1},
+    }
+
+
 def compare(a: dict, b: dict, pa: Path, pb: Path) -> dict:
     main = a["main_instrument"]
     insts = tuple(dict.fromkeys((main, "finetune")))
     res: dict = {"a": str(pa), "b": str(pb), "main_instrument": main}
-    res.update(rows={}, methods=[], carried=[])
+    res.update(rows={}, unpretrained={}, methods=[], carried=[])
     for name in (r for r in a["rows"] if r in b["rows"]):
         ra, rb = a["rows"][name], b["rows"][name]
+        if not pretrained(ra):  # the same weights: B - A is the evaluation's spread between the machines
+            res["unpretrained"][name] = {**row_change(ra, rb, insts), "same_runs": carried(ra, rb)}
+            continue
         if carried(ra, rb):
             res["carried"].append(name)
             continue
-        d = pair(rb, ra, insts)
         res["rows"][name] = {
             "pretrained_on": [ra.get("pretrain_cpu"), rb.get("pretrain_cpu")],
             "pretrain_cpu_s": [ra.get("pretrain_cpu_s"), rb.get("pretrain_cpu_s")],
-            "AP": {
-                inst: {"a": summary(scores(ra, inst)), "b": summary(scores(rb, inst)),
-                       "b_minus_a": d["AP"][inst]}
-                for inst in insts
-                if scores(ra, inst) or scores(rb, inst)
-            },
-            **{k: {"a": ra[k], "b": rb[k], "b_minus_a": d.get(k)} for k in TOP1},
+            **row_change(ra, rb, insts),
         }
     views = sorted({r["views"] for r in a["rows"].values() if r["method"] == "fastsiam"})
     for v in views:
@@ -127,6 +144,14 @@ def compare(a: dict, b: dict, pa: Path, pb: Path) -> dict:
     return res
 
 
+def score_lines(r: dict) -> list[tuple]:
+    """(metric, A, B, B - A) cells of one row's AP and top-1."""
+    lines = [(f"AP^bb {inst} (seeds {c['a']['n']} / {c['b']['n']})", fmt(c["a"]), fmt(c["b"]),
+              interval(c["b_minus_a"])) for inst, c in r["AP"].items()]
+    return lines + [(f"{label} (%, points)", pct(r[k]["a"]), pct(r[k]["b"]), interval(r[k]["b_minus_a"], 100))
+                    for k, label in TOP1.items()]
+
+
 def render(res: dict) -> list[str]:
     main = res["main_instrument"]
     out = [
@@ -144,10 +169,7 @@ def render(res: dict) -> list[str]:
         cpu = [None if x is None else f"{x:,.0f}" for x in r["pretrain_cpu_s"]]
         ratio = f"x {r['pretrain_cpu_s'][1] / r['pretrain_cpu_s'][0]:.2f}" if None not in cpu else "-"
         lines = [("pretraining CPU s", cpu[0] or "-", cpu[1] or "-", ratio)] if cpu != [None, None] else []
-        lines += [(f"AP^bb {inst} (seeds {c['a']['n']} / {c['b']['n']})", fmt(c["a"]), fmt(c["b"]),
-                  interval(c["b_minus_a"])) for inst, c in r["AP"].items()]
-        lines += [(f"{label} (%, points)", pct(r[k]["a"]), pct(r[k]["b"]), interval(r[k]["b_minus_a"], 100))
-                  for k, label in TOP1.items()]
+        lines += score_lines(r)
         for i, (metric, x, y, d) in enumerate(lines):
             out.append(f"| {name if i == 0 else ''} | {on if i == 0 else ''} | {metric} | {x} | {y} | {d} |")
     if res["carried"]:
@@ -156,6 +178,17 @@ def render(res: dict) -> list[str]:
     out += ["", "AP: mean ± std over detection seeds, B - A with a Welch interval; top-1: a normal "
             "interval of a difference of two proportions on the test images; pretraining CPU seconds: B / A "
             "(they compare within one CPU model and precision only).", ""]
+    if res["unpretrained"]:
+        out += ["## Rows not pretrained: the same weights in both records (B - A)", "",
+                "| row | metric | A | B | B - A [95%] |", "|---|---|---:|---:|---:|"]
+        for name, r in res["unpretrained"].items():
+            for i, (metric, x, y, d) in enumerate(score_lines(r)):
+                out.append(f"| {name if i == 0 else ''} | {metric} | {x} | {y} | {d} |")
+        same = [name for name, r in res["unpretrained"].items() if r["same_runs"]]
+        out += ["", "Their B - A is the spread of the evaluation and the fine-tuning between the two records' "
+                "machines (and precisions), not a pretraining run's"
+                + (f"; {', '.join(same)} holds some of the same runs' scores in both (carried by --import)."
+                   if same else "."), ""]
     if res["methods"]:
         out += ["## FastSiam - SimSiam in each record", "",
                 "| views | metric | A | B | B - A [95%] |", "|---:|---|---:|---:|---:|"]

@@ -132,15 +132,17 @@ def plan(args, p: dict, out: Path) -> list[Job]:
                 ],
             )
         )
-    for inst, row, seed in dets:
-        jobs.append(det_job(args, p, d, inst, row, seed, d["weights"] / f"{row}.pth"))
     # pretraining first (the longest jobs, which the most others wait for), then each row's conversion and
     # evaluation, then detection seed by seed across the rows: a share stopped part-way has as many seeds of
     # every row, a paired comparison, not all of one row's seeds and none of the next row's
+    insts = list(dict.fromkeys(inst for inst, _, _ in dets))  # the main instrument first
+    seed = {}
+    for inst, row, s in dets:
+        job = det_job(args, p, d, inst, row, s, d["weights"] / f"{row}.pth")
+        seed[job.name] = (s, insts.index(inst))
+        jobs.append(job)
     order = ["random", "supervised", "fastsiam", "simsiam", "k"]
     rank = {j.name: i for i, j in enumerate(jobs)}
-    insts = list(dict.fromkeys(inst for inst, _, _ in dets))  # the main instrument first
-    seed = {f"det {inst} {row} seed{s}": (s, insts.index(inst)) for inst, row, s in dets}
     jobs = sorted(
         jobs,
         key=lambda j: (

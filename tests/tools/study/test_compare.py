@@ -108,7 +108,7 @@ def test_contrast_of_two_groups_is_welchs_difference():
         (lambda r: r["settings"].update(images=500), "made with other settings"),
         (lambda r: r.update(main_instrument="frozen"), "made with other settings"),
         (lambda r: r["scenes"].update(sha256="def"), "made on other scenes"),
-        (lambda r: r.update(rows={}), "share no row"),
+        (lambda r: r.update(rows={}), "share no pretrained row"),
     ],
 )
 def test_records_that_do_not_compare_are_refused_in_one_line(tmp_path, capsys, change, message):
@@ -143,9 +143,41 @@ def test_a_row_one_record_carried_from_the_other_is_not_compared(tmp_path):
     assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
     res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert set(res["rows"]) == {"fastsiam_319488"}
-    assert sorted(res["carried"]) == ["random", "simsiam_319488"]
+    assert res["carried"] == ["simsiam_319488"]
     assert res["methods"] == []  # SimSiam's row is carried: no difference of differences
-    assert "Not compared: simsiam_319488, random" in (tmp_path / "cmp" / "compare.md").read_text()
+    # the random init is never "carried": the same weights in both, its runs here the same runs too
+    assert res["unpretrained"]["random"]["same_runs"] is True
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Not compared: simsiam_319488," in md
+    assert "random holds some of the same runs' scores in both (carried by --import)" in md
+
+
+def test_a_row_not_pretrained_is_shown_apart_as_the_spread_between_machines(tmp_path, capsys):
+    """The random init has the same weights in both records: its B - A is the evaluation's and fine-tuning's
+    spread between the machines, in a table of its own, never a pretraining run's change."""
+    a_rec, b_rec = record(0.0, 0.0, "CPU one"), record(1.0, 0.02, "CPU two", sim_knn=0.385, again=True)
+    a_rec["rows"]["random"] = {**row("random", SIMSIAM, 0.27, None), "views": 0}
+    b_rec["rows"]["random"] = {**row("random", [x + 0.5 for x in SIMSIAM[1:]], 0.275, None), "views": 0}
+    a, b = write(tmp_path, "a.json", a_rec), write(tmp_path, "b.json", b_rec)
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert "random" not in res["rows"] and res["carried"] == []
+    rnd = res["unpretrained"]["random"]
+    assert rnd["same_runs"] is False
+    assert rnd["knn_top1"]["b_minus_a"]["difference"] == pytest.approx(0.005)
+    assert rnd["AP"]["lowdata"]["b_minus_a"]["difference"] == pytest.approx(
+        np.mean(SIMSIAM[1:]) + 0.5 - np.mean(SIMSIAM))
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    section = md.split("## Rows not pretrained")[1].split("## FastSiam")[0]
+    assert "| random | AP^bb lowdata (seeds 4 / 3) |" in section and "pretrained on" not in section
+    assert "not a pretraining run's." in section
+    # two records that share only the random init, or whose every pretrained row is carried, are refused
+    only_random = {**b_rec, "rows": {"random": b_rec["rows"]["random"]}}
+    assert compare.main([str(a), str(write(tmp_path, "r.json", only_random))]) == 2
+    assert "share no pretrained row" in capsys.readouterr().err
+    carried_pair = {**a_rec, "rows": {**a_rec["rows"], "random": b_rec["rows"]["random"]}}
+    assert compare.main([str(a), str(write(tmp_path, "c.json", carried_pair))]) == 2
+    assert "nothing was pretrained again" in capsys.readouterr().err
 
 
 def test_records_with_nothing_pretrained_again_are_refused(tmp_path, capsys):
