@@ -58,8 +58,8 @@ def check(a: dict, b: dict, pa: Path, pb: Path) -> None:
     if not shared:
         raise CompareError(f"{pa} and {pb} share no pretrained row")
     if all(carried(a["rows"][r], b["rows"][r]) for r in shared):
-        raise CompareError(f"{pb}: every pretrained row it shares with {pa} holds the same scores (one record "
-                           "continued the other with --import): nothing was pretrained again")
+        raise CompareError(f"{pb}: every pretrained row it shares with {pa} holds the same scores (one "
+                           "record continued the other with --import): nothing was pretrained again")
 
 
 def pretrained(r: dict) -> bool:
@@ -185,8 +185,8 @@ def render(res: dict) -> list[str]:
             for i, (metric, x, y, d) in enumerate(score_lines(r)):
                 out.append(f"| {name if i == 0 else ''} | {metric} | {x} | {y} | {d} |")
         same = [name for name, r in res["unpretrained"].items() if r["same_runs"]]
-        out += ["", "Their B - A is the spread of the evaluation and the fine-tuning between the two records' "
-                "machines (and precisions), not a pretraining run's"
+        out += ["", "Their B - A is the spread of the evaluation and the fine-tuning between the two "
+                "records' machines (and precisions), not a pretraining run's"
                 + (f"; {', '.join(same)} holds some of the same runs' scores in both (carried by --import)."
                    if same else "."), ""]
     if res["methods"]:
