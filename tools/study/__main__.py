@@ -94,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         help="continue from a report's study_results.json (e.g. docs/study_results.json): its scores and "
         "timings are written into OUT where missing (tools/study/carry.py)",
     )
+    ap.add_argument(
+        "--import-rows",
+        nargs="+",
+        metavar="ROW",
+        help="with --import: carry only these rows of the record and their timings (e.g. random, whose "
+        "weights are the same on any machine, into a study whose rows are pretrained again)",
+    )
     ap.add_argument("--parallel", type=int, default=2, help="subprocesses at a time (one thread each)")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = ap.parse_args(argv)
@@ -116,9 +123,12 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 raise StudyError(f"--rows {' '.join(unknown)}: not a row of --part {' '.join(args.part)} "
                                  f"(its rows: {' '.join(known)})")
+        if args.import_rows and args.record is None:
+            raise StudyError("--import-rows needs --import RECORD")
         record = None if args.record is None else carry.read_record(args.record)
         if record is not None:
             carry.check(record, args.record, preset, p)  # before anything is written; the scenes after
+            carry.check_rows(record, args.record, args.import_rows or [])
         out.mkdir(parents=True, exist_ok=True)
         state_path = out / "study.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
@@ -143,10 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         manifest = prepare_data(args, p, out)
         if record is not None:
             carry.check(record, args.record, preset, p, manifest["sha256"])
-            n = carry.import_record(record, args.record, out, state)
+            n = carry.import_record(record, args.record, out, state, args.import_rows)
             save_json(state_path, state)
-            print(f"  imported from {args.record}: {n['det']} detection scores, {n['eval']} evaluations, "
-                  f"{n['timings']} timings", flush=True)
+            which = f" (rows {' '.join(args.import_rows)})" if args.import_rows else ""
+            print(f"  imported from {args.record}{which}: {n['det']} detection scores, {n['eval']} "
+                  f"evaluations, {n['timings']} timings", flush=True)
         print(f"  scenes: {manifest['counts']}, sha256 {manifest['sha256'][:16]}...", flush=True)
         timings = json.loads((out / "timings.json").read_text()) if (out / "timings.json").exists() else {}
         jobs = plan(args, p, out)

@@ -8,6 +8,12 @@ The record must come from the same preset and settings and the same scenes (sha2
 before anything is written. An imported file says so ("imported_from"), and the report lists the record's
 commands as imported. Only what the report reads is carried (AP, AP50, AP75 per task; top-1/top-5; timings):
 checkpoints are not, so a part that needs a backbone the record only scored pretrains it again.
+
+    python -m tools.study --out runs/study_again --import docs/study_results.json --import-rows random
+
+--import-rows carries only those rows and their jobs' timings: the random init's scores into a study whose
+rows are pretrained again (its weights are the same on any machine, so its seeds need not run twice). The
+record's commands are not carried then (they made other rows too): the wall time counts this folder's.
 """
 from __future__ import annotations
 
@@ -43,10 +49,27 @@ def check(rec: dict, path: Path, preset: str, p: dict, scenes_sha256: str | None
         raise CarryError(f"--import {path}: made on other scenes (sha256 {theirs}, here {scenes_sha256})")
 
 
-def import_record(rec: dict, path: Path, out: Path, state: dict) -> dict:
-    """Write the record's scores and timings into OUT where missing; returns counts of what was written."""
+def check_rows(rec: dict, path: Path, rows: list[str]) -> None:
+    """--import-rows names rows of the record."""
+    unknown = [r for r in rows if r not in rec["rows"]]
+    if unknown:
+        raise CarryError(f"--import-rows {' '.join(unknown)}: not a row of {path} "
+                         f"(its rows: {' '.join(rec['rows'])})")
+
+
+def job_row(name: str) -> str:
+    """The row (or, for `pretrain RUN`, the run) a job of tools/study/plan.py is named for."""
+    words = name.split()
+    return words[2] if words[0] == "det" else words[1]
+
+
+def import_record(rec: dict, path: Path, out: Path, state: dict, rows: list[str] | None = None) -> dict:
+    """Write the record's scores and timings into OUT where missing, of every row or of `rows` alone (then
+    without the record's commands); returns counts of what was written."""
     written = {"det": 0, "eval": 0, "timings": 0}
-    for row, r in rec["rows"].items():
+    chosen = {row: r for row, r in rec["rows"].items() if rows is None or row in rows}
+    runs = {r["run"] for r in chosen.values()}
+    for row, r in chosen.items():
         for inst, seeds in r.get("det", {}).items():
             for seed, scores in seeds.items():
                 f = out / "det" / inst / row / f"seed{seed}" / "results.json"
@@ -65,10 +88,13 @@ def import_record(rec: dict, path: Path, out: Path, state: dict) -> dict:
     tpath = out / "timings.json"
     timings = json.loads(tpath.read_text()) if tpath.exists() else {}
     for name, t in rec.get("timings", {}).get("jobs", {}).items():
-        if name not in timings:
+        mine = job_row(name) in (runs if name.startswith("pretrain ") else chosen)
+        if name not in timings and mine:
             timings[name] = {**t, "imported_from": str(path)}
             written["timings"] += 1
     save_json(tpath, timings)
+    if rows is not None:
+        return written
     seen = {c["started"] for c in state.get("invocations", [])}
     carried = [{**c, "imported_from": str(path)} for c in rec.get("commands", []) if c["started"] not in seen]
     state["invocations"] = carried + state.get("invocations", [])
