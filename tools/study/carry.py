@@ -27,13 +27,14 @@ class CarryError(Exception):
     """The record cannot continue this study: one line, exit status 2."""
 
 
-def read_record(path: Path) -> dict:
+def read_record(path: Path, option: str = "--import ") -> dict:
+    """A report's study_results.json; errors name the file after `option` (the flag that gave it)."""
     try:
         rec = json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise CarryError(f"--import {path}: not a readable study_results.json ({e})") from None
+        raise CarryError(f"{option}{path}: not a readable study_results.json ({e})") from None
     if not isinstance(rec, dict) or not {"preset", "settings", "rows", "scenes"} <= set(rec):
-        raise CarryError(f"--import {path}: not a study_results.json (no preset, settings, rows and scenes)")
+        raise CarryError(f"{option}{path}: not a study_results.json (no preset, settings, rows and scenes)")
     return rec
 
 

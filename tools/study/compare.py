@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from tools.results.output import write_atomic
+from tools.study.carry import CarryError, read_record
 from tools.study.report import pair, scores
 from tools.study.report_text import fmt, interval, pct
 from tools.study.stats import contrast, summary, top1_contrast
@@ -34,12 +35,11 @@ class CompareError(Exception):
 
 def read(path: Path) -> dict:
     try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise CompareError(f"{path}: not a readable study_results.json ({e})") from None
-    keys = {"preset", "settings", "rows", "scenes", "main_instrument"}
-    if not isinstance(rec, dict) or not keys <= set(rec):
-        raise CompareError(f"{path}: not a study_results.json (no preset, settings, rows and scenes)")
+        rec = read_record(path, option="")
+    except CarryError as e:
+        raise CompareError(str(e)) from None
+    if "main_instrument" not in rec:
+        raise CompareError(f"{path}: not a study_results.json (no main_instrument)")
     return rec
 
 
