@@ -58,18 +58,13 @@ def check_rows(rec: dict, path: Path, rows: list[str]) -> None:
                          f"(its rows: {' '.join(rec['rows'])})")
 
 
-def job_row(name: str) -> str:
-    """The row (or, for `pretrain RUN`, the run) a job of tools/study/plan.py is named for."""
-    words = name.split()
-    return words[2] if words[0] == "det" else words[1]
-
-
 def import_record(rec: dict, path: Path, out: Path, state: dict, rows: list[str] | None = None) -> dict:
     """Write the record's scores and timings into OUT where missing, of every row or of `rows` alone (then
     without the record's commands); returns counts of what was written."""
     written = {"det": 0, "eval": 0, "timings": 0}
     chosen = {row: r for row, r in rec["rows"].items() if rows is None or row in rows}
-    runs = {r["run"] for r in chosen.values()}
+    # a job is named for its row, or for its run (`pretrain RUN`): the rows' jobs and their runs'
+    names = set(chosen) | {r["run"] for r in chosen.values()}
     for row, r in chosen.items():
         for inst, seeds in r.get("det", {}).items():
             for seed, scores in seeds.items():
@@ -89,8 +84,7 @@ def import_record(rec: dict, path: Path, out: Path, state: dict, rows: list[str]
     tpath = out / "timings.json"
     timings = json.loads(tpath.read_text()) if tpath.exists() else {}
     for name, t in rec.get("timings", {}).get("jobs", {}).items():
-        mine = job_row(name) in (runs if name.startswith("pretrain ") else chosen)
-        if name not in timings and mine:
+        if name not in timings and names & set(name.split()[1:]):
             timings[name] = {**t, "imported_from": str(path)}
             written["timings"] += 1
     save_json(tpath, timings)
