@@ -84,7 +84,7 @@ def import_record(rec: dict, path: Path, out: Path, state: dict, rows: list[str]
     tpath = out / "timings.json"
     timings = json.loads(tpath.read_text()) if tpath.exists() else {}
     for name, t in rec.get("timings", {}).get("jobs", {}).items():
-        if name not in timings and names & set(name.split()[1:]):
+        if name not in timings and (rows is None or names & set(name.split()[1:])):
             timings[name] = {**t, "imported_from": str(path)}
             written["timings"] += 1
     save_json(tpath, timings)

@@ -78,9 +78,11 @@ def method_rows(rec: dict, views: int) -> tuple[dict, dict] | None:
 
 
 def carried(ra: dict, rb: dict) -> bool:
-    """The same score in both records (a kNN top-1, or one seed's box AP): a tie to the bit is one run's
-    score (one record continued the other with --import), so the row is one backbone's, not two."""
-    if ra.get("knn_top1") is not None and ra.get("knn_top1") == rb.get("knn_top1"):
+    """The same scores in both records (one seed's box AP, or every top-1 and top-5 of the evaluation): a tie
+    to the bit is one run's score (one record continued the other with --import), so the row is one
+    backbone's, not two. A top-1 alone is a count of 5,000 test images: two backbones tie on it by chance."""
+    evals = ("knn_top1", "knn_top5", "linear_top1", "linear_top5")
+    if ra.get("knn_top1") is not None and all(ra.get(k) == rb.get(k) for k in evals):
         return True
 
     def boxes(r: dict) -> dict:

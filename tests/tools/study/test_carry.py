@@ -30,8 +30,10 @@ def record() -> dict:
 
 def test_every_row_is_carried_with_the_records_commands(tmp_path):
     state: dict = {"invocations": [{"command": "python -m tools.study --out y", "started": 200.0}]}
-    n = carry.import_record(record(), tmp_path / "rec.json", tmp_path, state)
-    assert n == {"det": 4, "eval": 2, "timings": 10}
+    rec = record()
+    rec["timings"]["jobs"]["pretrain fastsiam_b1of2"] = {"cpu_s": 1.0}  # a run whose rows were never scored
+    n = carry.import_record(rec, tmp_path / "rec.json", tmp_path, state)
+    assert n == {"det": 4, "eval": 2, "timings": 11}
     assert [c["started"] for c in state["invocations"]] == [1.0, 200.0]
 
 

@@ -184,3 +184,19 @@ def test_records_with_nothing_pretrained_again_are_refused(tmp_path, capsys):
     a = write(tmp_path, "a.json", record(0.0, 0.0, "CPU one"))
     assert compare.main([str(a), str(a)]) == 2
     assert "nothing was pretrained again" in capsys.readouterr().err
+
+
+def test_a_top1_tie_alone_is_two_backbones_not_a_carried_score(tmp_path):
+    """kNN top-1 is a count of 5,000 test images: two backbones tie on it by chance, and that row is compared;
+    a row carried with --import ties on every evaluation score."""
+    # SimSiam's kNN top-1 is 0.38 in both
+    a_rec, b_rec = record(0.0, 0.0, "CPU one"), record(1.0, 0.02, "CPU two", again=True)
+    a_rec["rows"]["simsiam_319488"]["knn_top5"], b_rec["rows"]["simsiam_319488"]["knn_top5"] = 0.85, 0.86
+    a, b = write(tmp_path, "a.json", a_rec), write(tmp_path, "b.json", b_rec)
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert res["carried"] == [] and res["rows"]["simsiam_319488"]["knn_top1"]["b_minus_a"]["difference"] == 0
+    b_rec["rows"]["simsiam_319488"]["knn_top5"] = 0.85  # every evaluation score the same: carried
+    b = write(tmp_path, "b.json", b_rec)
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["carried"] == ["simsiam_319488"]
