@@ -23,6 +23,7 @@ from tools.results.output import write_atomic
 from tools.study.carry import CarryError, read_record
 from tools.study.report import pair, scores
 from tools.study.report_text import fmt, interval, pct
+from tools.study.rows import pretrained
 from tools.study.stats import contrast, summary, top1_contrast
 
 
@@ -60,11 +61,6 @@ def check(a: dict, b: dict, pa: Path, pb: Path) -> None:
     if all(carried(a["rows"][r], b["rows"][r]) for r in shared):
         raise CompareError(f"{pb}: every pretrained row it shares with {pa} holds the same scores (one "
                            "record continued the other with --import): nothing was pretrained again")
-
-
-def pretrained(r: dict) -> bool:
-    """A row whose backbone a pretraining run made (the random init's is the same seeded weights anywhere)."""
-    return r["run"] != "random"
 
 
 def method_rows(rec: dict, views: int) -> tuple[dict, dict] | None:

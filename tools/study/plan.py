@@ -15,7 +15,7 @@ from tools.data import scenes
 from tools.data.subsets import balanced_subset, link_tree
 from tools.study.cpu import this_cpu
 from tools.study.jobs import Job, needed, save_json
-from tools.study.rows import CONFIGS, INSTRUMENTS, detections_of, rows_of, runs_of
+from tools.study.rows import CONFIGS, INSTRUMENTS, detections_of, pretrained, rows_of, runs_of
 
 PY = sys.executable
 # R18-FPN, narrow FPN and heads, Table 1's keys
@@ -56,7 +56,7 @@ def plan(args, p: dict, out: Path) -> list[Job]:
         "seed=0",
         *p["extra"],
     ]
-    for name in dict.fromkeys(r["run"] for r in rows.values() if r["run"] != "random"):
+    for name in dict.fromkeys(r["run"] for r in rows.values() if pretrained(r)):
         run, r = d["pretrain"] / name, runs[name]
         module = "tools.study.supervised" if r["method"] == "supervised" else "pretrain"
         # keep only the last checkpoint (each is ~0.2 GB with its optimizer): every row takes a run's end
@@ -84,7 +84,7 @@ def plan(args, p: dict, out: Path) -> list[Job]:
         )
     for row, r in rows.items():
         bb, w = d["backbones"] / f"{row}.pth", d["weights"] / f"{row}.pth"
-        src = None if r["run"] == "random" else d["pretrain"] / r["run"] / f"checkpoint_{r['epochs']:04d}.pth"
+        src = d["pretrain"] / r["run"] / f"checkpoint_{r['epochs']:04d}.pth" if pretrained(r) else None
         jobs.append(
             Job(
                 f"export {row}",

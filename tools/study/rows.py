@@ -132,6 +132,11 @@ def runs_of(p: dict) -> dict[str, dict]:
     return runs
 
 
+def pretrained(row: dict) -> bool:
+    """A row whose backbone a pretraining run made; the random init's is the same seeded weights anywhere."""
+    return row["run"] != "random"
+
+
 def rows_of(p: dict) -> dict[str, dict]:
     """row name -> its run ("random": the init), the epoch it takes, method, views, parts it belongs to."""
     runs = runs_of(p)
