@@ -6,16 +6,20 @@ same run on another machine or in another precision), and whether FastSiam - Sim
 A row's detection seeds all fine-tune one backbone, so the report's intervals hold fine-tuning noise only
 (tools/study/stats.py); a second record with the same rows pretrained again measures the pretraining run's
 share. Both records (a report's study_results.json) must come from the same preset, settings (the table's
-seed count aside) and scenes; rows in both are compared, B - A. A row that is not pretrained (the random
-init: the same weights in both) is shown apart: its B - A is the evaluation's and fine-tuning's spread
-between the two machines, not a pretraining run's. Writes OUT/compare.md and OUT/compare.json and prints the
-markdown.
+seed count aside) and scenes; rows in both are compared, B - A, on every detection instrument both hold
+(whichever each record's report took as its main one). A row that is not pretrained (the random init: the
+same weights in both) is shown apart: its B - A is the evaluation's and fine-tuning's spread between the two
+machines, not a pretraining run's, over B's own runs only. A row whose scores are partly the same in both is
+one backbone's, not two, and is left out: carried by --import (the report marks what was imported), or
+pretrained again on the same CPU model in the same precision, which repeats a run to the bit. Writes
+OUT/compare.md and OUT/compare.json and prints the markdown.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from tools.results.output import write_atomic
 from tools.study.carry import CarryError, read_record
 from tools.study.report import pair, scores
 from tools.study.report_text import fmt, interval, pct
-from tools.study.rows import pretrained
+from tools.study.rows import INSTRUMENTS, pretrained
 from tools.study.stats import contrast, summary, top1_contrast
 
 
@@ -45,13 +49,12 @@ def read(path: Path) -> dict:
 
 
 def check(a: dict, b: dict, pa: Path, pb: Path) -> None:
-    """Same preset, settings (the table's seed count aside), main instrument and scenes, and a row in both."""
+    """Same preset, settings (the table's seed count aside) and scenes, and a pretrained row in both."""
     def fixed(r: dict) -> tuple:
-        settings = {k: v for k, v in r["settings"].items() if k != "table_seeds"}
-        return r["preset"], settings, r["main_instrument"]
+        return r["preset"], {k: v for k, v in r["settings"].items() if k != "table_seeds"}
 
     if fixed(a) != fixed(b):
-        raise CompareError(f"{pb}: made with other settings than {pa} (preset, sizes or main instrument)")
+        raise CompareError(f"{pb}: made with other settings than {pa} (preset or sizes)")
     sha = [(r["scenes"] or {}).get("sha256") for r in (a, b)]
     if sha[0] != sha[1]:
         raise CompareError(f"{pb}: made on other scenes than {pa} (sha256 {sha[1]} against {sha[0]})")
@@ -59,8 +62,9 @@ def check(a: dict, b: dict, pa: Path, pb: Path) -> None:
     if not shared:
         raise CompareError(f"{pa} and {pb} share no pretrained row")
     if all(carried(a["rows"][r], b["rows"][r]) for r in shared):
-        raise CompareError(f"{pb}: every pretrained row it shares with {pa} holds the same scores (one "
-                           "record continued the other with --import): nothing was pretrained again")
+        raise CompareError(f"{pb}: every pretrained row it shares with {pa} holds the same scores (carried "
+                           "by --import, or pretrained again on the same CPU model and precision, which "
+                           "repeats a run to the bit): no row is a second backbone")
 
 
 def method_rows(rec: dict, views: int) -> tuple[dict, dict] | None:
@@ -73,20 +77,42 @@ def method_rows(rec: dict, views: int) -> tuple[dict, dict] | None:
     return (f, s) if f and s else None
 
 
-def carried(ra: dict, rb: dict) -> bool:
-    """The same scores in both records (one seed's box AP, or every top-1 and top-5 of the evaluation): a tie
-    to the bit is one run's score (one record continued the other with --import), so the row is one
-    backbone's, not two. A top-1 alone is a count of 5,000 test images: two backbones tie on it by chance."""
-    evals = ("knn_top1", "knn_top5", "linear_top1", "linear_top5")
-    if ra.get("knn_top1") is not None and all(ra.get(k) == rb.get(k) for k in evals):
-        return True
+EVALS = ("knn_top1", "knn_top5", "linear_top1", "linear_top5")
 
-    def boxes(r: dict) -> dict:
-        det = r.get("det", {})
-        return {(i, seed): s["bbox"]["AP"] for i, seeds in det.items() for seed, s in seeds.items()}
 
-    theirs = boxes(rb)
-    return any(ap is not None and theirs.get(key) == ap for key, ap in boxes(ra).items())
+def boxes(r: dict) -> dict:
+    """(instrument, seed) -> box AP of each detection run of a row."""
+    return {(i, seed): s["bbox"]["AP"] for i, seeds in r.get("det", {}).items() for seed, s in seeds.items()}
+
+
+def same_runs(ra: dict, rb: dict) -> tuple[bool, list]:
+    """The scores that are one run's in both records: the evaluation when every top-1 and top-5 ties (a
+    top-1 alone is a count of 5,000 test images: two backbones tie on it by chance, so a record without top-5
+    never ties on its evaluation), and the detection seeds whose box AP ties to the bit."""
+    ev = None not in (ra.get("knn_top1"), ra.get("knn_top5")) and all(ra.get(k) == rb.get(k) for k in EVALS)
+    mine = boxes(ra)
+    return ev, [key for key, ap in boxes(rb).items() if ap is not None and mine.get(key) == ap]
+
+
+def carried(ra: dict, rb: dict) -> str | None:
+    """Why a row's scores are partly the same in both records, or None: "import" when a record marks them
+    imported (tools/study/carry.py), else "same" (a record written before imports were marked, or the row
+    pretrained again on the same CPU model and precision: a run repeats to the bit there). Either way the
+    row is one backbone's, not two."""
+    ev, seeds = same_runs(ra, rb)
+    if not ev and not seeds:
+        return None
+    marks = [r.get("imported", {}) for r in (ra, rb)]
+    imported = ev and any(m.get("eval") for m in marks) or any(
+        seed in m.get("det", {}).get(inst, []) for inst, seed in seeds for m in marks)
+    return "import" if imported else "same"
+
+
+def own_runs(ra: dict, rb: dict) -> dict:
+    """Row B without the runs it shares with A (same_runs): B - A of what B ran itself."""
+    ev, seeds = same_runs(ra, rb)
+    det = {i: {s: v for s, v in ss.items() if (i, s) not in seeds} for i, ss in rb.get("det", {}).items()}
+    return {**rb, "det": det, **({k: None for k in EVALS} if ev else {})}
 
 
 def row_change(ra: dict, rb: dict, insts: tuple) -> dict:
@@ -96,24 +122,34 @@ def row_change(ra: dict, rb: dict, insts: tuple) -> dict:
         "AP": {
             inst: {"a": summary(scores(ra, inst)), "b": summary(scores(rb, inst)), "b_minus_a": d["AP"][inst]}
             for inst in insts
-            if scores(ra, inst) or scores(rb, inst)
+            if scores(ra, inst) and scores(rb, inst)
         },
         **{k: {"a": ra[k], "b": rb[k], "b_minus_a": d.get(k)} for k in TOP1},
     }
 
 
+def instruments(a: dict, b: dict) -> tuple[str, ...]:
+    """The detection instruments both records hold scores of, A's main one first."""
+    def held(rec: dict) -> set:
+        return {inst for r in rec["rows"].values() for inst in r.get("det", {})}
+
+    both = held(a) & held(b)
+    return tuple(i for i in dict.fromkeys((a["main_instrument"], *INSTRUMENTS)) if i in both)
+
+
 def compare(a: dict, b: dict, pa: Path, pb: Path) -> dict:
-    main = a["main_instrument"]
-    insts = tuple(dict.fromkeys((main, "finetune")))
-    res: dict = {"a": str(pa), "b": str(pb), "main_instrument": main}
-    res.update(rows={}, unpretrained={}, methods=[], carried=[])
+    insts = instruments(a, b)
+    res: dict = {"a": str(pa), "b": str(pb), "instruments": list(insts)}
+    res.update(rows={}, unpretrained={}, methods=[], carried={})
     for name in (r for r in a["rows"] if r in b["rows"]):
         ra, rb = a["rows"][name], b["rows"][name]
         if not pretrained(ra):  # the same weights: B - A is the evaluation's spread between the machines
-            res["unpretrained"][name] = {**row_change(ra, rb, insts), "same_runs": carried(ra, rb)}
+            res["unpretrained"][name] = {
+                **row_change(ra, own_runs(ra, rb), insts), "same_runs": carried(ra, rb) is not None}
             continue
         if carried(ra, rb):
-            res["carried"].append(name)
+            res["carried"][name] = {"cause": carried(ra, rb),
+                                    "pretrained_on": [ra.get("pretrain_cpu"), rb.get("pretrain_cpu")]}
             continue
         res["rows"][name] = {
             "pretrained_on": [ra.get("pretrain_cpu"), rb.get("pretrain_cpu")],
@@ -131,7 +167,7 @@ def compare(a: dict, b: dict, pa: Path, pb: Path) -> dict:
         for inst in insts:
             both = [(1, scores(fb, inst)), (-1, scores(sb, inst)),
                     (-1, scores(fa, inst)), (1, scores(sa, inst))]
-            if da["AP"][inst] or db["AP"][inst]:
+            if da["AP"][inst] and db["AP"][inst]:
                 entry["AP"][inst] = {"a": da["AP"][inst], "b": db["AP"][inst], "b_minus_a": contrast(both)}
         for key in TOP1:
             rows = [(1, fb), (-1, sb), (-1, fa), (1, sa)]
@@ -151,7 +187,6 @@ def score_lines(r: dict) -> list[tuple]:
 
 
 def render(res: dict) -> list[str]:
-    main = res["main_instrument"]
     out = [
         "# One study's rows pretrained twice: record B against record A",
         "",
@@ -170,9 +205,17 @@ def render(res: dict) -> list[str]:
         lines += score_lines(r)
         for i, (metric, x, y, d) in enumerate(lines):
             out.append(f"| {name if i == 0 else ''} | {on if i == 0 else ''} | {metric} | {x} | {y} | {d} |")
-    if res["carried"]:
-        out += ["", f"Not compared: {', '.join(res['carried'])}, whose scores are partly the same in both "
-                "records (one continued the other with --import): one backbone's, not two."]
+    imported = [n for n, c in res["carried"].items() if c["cause"] == "import"]
+    same = [f"{n} (pretrained on {' / '.join(str(c or '-') for c in r['pretrained_on'])})"
+            for n, r in res["carried"].items() if r["cause"] == "same"]
+    if imported:
+        out += ["", f"Not compared: {', '.join(imported)}, whose scores are partly carried from one record "
+                "into the other (--import): one backbone's, not two."]
+    if same:
+        out += ["", f"Not compared: {', '.join(same)}, whose scores are partly the same to the bit in both "
+                "records and not marked as imported: pretrained again on the same CPU model in the same "
+                "precision (a run repeats to the bit there), or carried into a record written before imports "
+                "were marked. One backbone's, not two."]
     out += ["", "AP: mean ± std over detection seeds, B - A with a Welch interval; top-1: a normal "
             "interval of a difference of two proportions on the test images; pretraining CPU seconds: B / A "
             "(they compare within one CPU model and precision only).", ""]
@@ -182,11 +225,12 @@ def render(res: dict) -> list[str]:
         for name, r in res["unpretrained"].items():
             for i, (metric, x, y, d) in enumerate(score_lines(r)):
                 out.append(f"| {name if i == 0 else ''} | {metric} | {x} | {y} | {d} |")
-        same = [name for name, r in res["unpretrained"].items() if r["same_runs"]]
+        shared = [name for name, r in res["unpretrained"].items() if r["same_runs"]]
         out += ["", "Their B - A is the spread of the evaluation and the fine-tuning between the two "
                 "records' machines (and precisions), not a pretraining run's"
-                + (f"; {', '.join(same)} holds some of the same runs' scores in both (carried by --import)."
-                   if same else "."), ""]
+                + (f"; {', '.join(shared)} holds some of the same runs' scores in both (carried by --import, "
+                   "or run again on the same CPU model), and B counts B's own runs only." if shared else "."),
+                ""]
     if res["methods"]:
         out += ["## FastSiam - SimSiam in each record", "",
                 "| views | metric | A | B | B - A [95%] |", "|---:|---|---:|---:|---:|"]
@@ -199,7 +243,7 @@ def render(res: dict) -> list[str]:
                 out.append(f"| {views} | {metric} | {interval(x, scale)} | {interval(y, scale)} | "
                            f"{interval(d, scale)} |")
         out += ["", "B - A is the difference of the two differences: an interval that excludes zero says "
-                f"the FastSiam - SimSiam difference on {main} moved with the pretraining run.", ""]
+                "the FastSiam - SimSiam difference on that instrument moved with the pretraining run.", ""]
     return out
 
 
@@ -223,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         write_atomic(args.out / "compare.json", json.dumps(res, indent=1))
         write_atomic(args.out / "compare.md", text)
-    print(text)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `compare ... | head`: the reader has what it wanted (the files are written)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
     return 0
 
 

@@ -85,6 +85,9 @@ def collect(out: Path, p: dict, preset: str, main: str) -> dict:
             "eval_test_images": (ev.get("data") or {}).get("val", {}).get("images"),
             "det": {},
             "summary": {},
+            # scores carried from another record (tools/study/carry.py marks each file): compare tells a
+            # carried score from a run repeated to the bit by this mark
+            "imported": {"eval": bool(ev.get("imported_from")), "det": {}},
         }
         for inst in INSTRUMENTS:
             seeds = {}
@@ -95,6 +98,8 @@ def collect(out: Path, p: dict, preset: str, main: str) -> dict:
                 seeds[f.parent.name[4:]] = {
                     t: {m: d.get(t, {}).get(m) for m in METRICS} for t in ("bbox", "segm")
                 }
+                if d.get("imported_from"):
+                    entry["imported"]["det"].setdefault(inst, []).append(f.parent.name[4:])
             if seeds:
                 entry["det"][inst] = seeds
                 entry["summary"][inst] = {

@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -106,7 +108,6 @@ def test_contrast_of_two_groups_is_welchs_difference():
     [
         (lambda r: r.update(preset="quick"), "made with other settings"),
         (lambda r: r["settings"].update(images=500), "made with other settings"),
-        (lambda r: r.update(main_instrument="frozen"), "made with other settings"),
         (lambda r: r["scenes"].update(sha256="def"), "made on other scenes"),
         (lambda r: r.update(rows={}), "share no pretrained row"),
     ],
@@ -135,7 +136,8 @@ def test_a_row_one_record_carried_from_the_other_is_not_compared(tmp_path):
     """A record continued from another with --import holds some of its scores: that row is one backbone's."""
     a_rec = record(0.0, 0.0, "CPU one")
     b_rec = record(1.0, 0.02, "CPU two", sim_knn=0.385, again=True)
-    b_rec["rows"]["random"] = a_rec["rows"]["random"] = {**row("random", SIMSIAM, 0.27, None), "views": 0}
+    random = {**row("random", SIMSIAM, 0.27, None), "views": 0, "knn_top5": 0.8}
+    b_rec["rows"]["random"] = a_rec["rows"]["random"] = random
     extended = b_rec["rows"]["simsiam_319488"]["det"]["lowdata"]
     first = a_rec["rows"]["simsiam_319488"]["det"]["lowdata"]["0"]
     extended.update({"0": first, "7": {"bbox": {"AP": 30.0}}})  # seed 0 carried, seed 7 new
@@ -143,13 +145,103 @@ def test_a_row_one_record_carried_from_the_other_is_not_compared(tmp_path):
     assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
     res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert set(res["rows"]) == {"fastsiam_319488"}
-    assert res["carried"] == ["simsiam_319488"]
+    assert res["carried"] == {"simsiam_319488": {"cause": "same", "pretrained_on": ["CPU one", "CPU two"]}}
     assert res["methods"] == []  # SimSiam's row is carried: no difference of differences
-    # the random init is never "carried": the same weights in both, its runs here the same runs too
+    # the random init is never "carried": the same weights in both, its runs here the same runs too, and
+    # none of its own in B: no B - A
     assert res["unpretrained"]["random"]["same_runs"] is True
+    assert res["unpretrained"]["random"]["AP"] == {}
+    assert res["unpretrained"]["random"]["knn_top1"]["b_minus_a"] is None
     md = (tmp_path / "cmp" / "compare.md").read_text()
-    assert "Not compared: simsiam_319488," in md
-    assert "random holds some of the same runs' scores in both (carried by --import)" in md
+    assert "Not compared: simsiam_319488 (pretrained on CPU one / CPU two), whose scores are partly" in md
+    assert "random holds some of the same runs' scores in both" in md
+    # the report marks what --import carried: the message names the import
+    b_rec["rows"]["simsiam_319488"]["imported"] = {"eval": False, "det": {"lowdata": ["0"]}}
+    b = write(tmp_path, "b.json", b_rec)
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert res["carried"]["simsiam_319488"]["cause"] == "import"
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "Not compared: simsiam_319488, whose scores are partly carried from one record into" in md
+
+
+def test_a_row_pretrained_again_to_the_bit_is_one_backbone_and_not_called_imported(tmp_path, capsys):
+    """On one CPU model and precision a pretraining run repeats to the bit: the same scores, no import mark.
+    That row is one backbone's; the message names the rerun, not --import."""
+    a_rec = record(0.0, 0.0, "CPU one")
+    b_rec = record(1.0, 0.02, "CPU one", again=True)
+    b_rec["rows"]["fastsiam_319488"] = json.loads(json.dumps(a_rec["rows"]["fastsiam_319488"]))
+    a, b = write(tmp_path, "a.json", a_rec), write(tmp_path, "b.json", b_rec)
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert set(res["rows"]) == {"simsiam_319488"} and res["carried"]["fastsiam_319488"]["cause"] == "same"
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("Not compared"))
+    assert "fastsiam_319488 (pretrained on CPU one / CPU one)" in line and "same CPU model" in line
+    assert "(--import)" not in line
+    # both rows repeated: nothing to compare, and the refusal names both causes
+    b_rec["rows"]["simsiam_319488"] = a_rec["rows"]["simsiam_319488"]
+    assert compare.main([str(a), str(write(tmp_path, "b.json", b_rec))]) == 2
+    err = capsys.readouterr().err
+    assert "--import" in err and "same CPU model and precision" in err and err.count("\n") == 1
+
+
+def test_records_on_other_main_instruments_compare_on_every_instrument_both_hold(tmp_path):
+    """A record's main instrument decides its report, not which scores it holds: B, written with frozen as
+    its main instrument, holds lowdata seeds too and compares with A on lowdata (and on frozen, once A holds
+    frozen seeds)."""
+    a_rec = record(0.0, 0.0, "CPU one")
+    b_rec = {**record(1.0, 0.0, "CPU two", again=True), "main_instrument": "frozen"}
+    for name, r in b_rec["rows"].items():
+        r["det"]["frozen"] = {str(i): {"bbox": {"AP": x + 3}} for i, x in enumerate(SIMSIAM)}
+    a, b = write(tmp_path, "a.json", a_rec), write(tmp_path, "b.json", b_rec)
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert res["instruments"] == ["lowdata"]
+    assert res["rows"]["fastsiam_319488"]["AP"]["lowdata"]["b_minus_a"]["difference"] == pytest.approx(1.0)
+    assert set(res["methods"][0]["AP"]) == {"lowdata"}
+    for r in a_rec["rows"].values():
+        r["det"]["frozen"] = {str(i): {"bbox": {"AP": x + 2.5}} for i, x in enumerate(SIMSIAM[1:])}
+    a = write(tmp_path, "a.json", a_rec)
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert res["instruments"] == ["lowdata", "frozen"]  # A's main instrument first
+    frozen = res["rows"]["simsiam_319488"]["AP"]["frozen"]
+    moved = np.mean(SIMSIAM) + 3 - np.mean(SIMSIAM[1:]) - 2.5
+    assert frozen["b_minus_a"]["difference"] == pytest.approx(moved)
+    assert res["methods"][0]["AP"]["frozen"]["b_minus_a"]["difference"] == pytest.approx(0.0)
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| simsiam_319488 |" in md and "AP^bb frozen (seeds 3 / 4)" in md
+
+
+def test_the_random_inits_runs_carried_into_b_leave_b_minus_a_to_bs_own_runs(tmp_path):
+    """Carried seeds are the same runs in both records: counting them in B would pull B - A to zero and
+    narrow its interval as if they were independent."""
+    a_rec, b_rec = record(0.0, 0.0, "CPU one"), record(1.0, 0.02, "CPU two", sim_knn=0.385, again=True)
+    a_rec["rows"]["random"] = {**row("random", SIMSIAM, 0.27, None), "views": 0, "knn_top5": 0.8}
+    b_rec["rows"]["random"] = {**row("random", SIMSIAM + [20.0, 21.0, 22.0], 0.27, None), "views": 0,
+                               "knn_top5": 0.8}
+    a, b = write(tmp_path, "a.json", a_rec), write(tmp_path, "b.json", b_rec)
+    assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    rnd = json.loads((tmp_path / "cmp" / "compare.json").read_text())["unpretrained"]["random"]
+    assert rnd["same_runs"] is True
+    assert rnd["AP"]["lowdata"]["b"]["n"] == 3  # seeds 4 to 6, B's own
+    d = stats.difference([20.0, 21.0, 22.0], SIMSIAM)
+    got = rnd["AP"]["lowdata"]["b_minus_a"]
+    assert got["difference"] == pytest.approx(d["difference"]) and got["ci95"] == pytest.approx(d["ci95"])
+    assert rnd["knn_top1"]["b_minus_a"] is None  # the same evaluation: no spread between machines to show
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path):
+    """`compare A B | head`: the reader closes the pipe; the files are written and nothing is printed on
+    stderr."""
+    a = write(tmp_path, "a.json", record(0.0, 0.0, "CPU one"))
+    b = write(tmp_path, "b.json", record(1.0, 0.02, "CPU two", again=True))
+    cmd = [sys.executable, "-m", "tools.study.compare", str(a), str(b), "--out", str(tmp_path / "cmp")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the child prints: its write meets a closed pipe
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and err == ""
+    assert (tmp_path / "cmp" / "compare.md").read_text().startswith("# One study's rows")
 
 
 def test_a_row_not_pretrained_is_shown_apart_as_the_spread_between_machines(tmp_path, capsys):
@@ -161,7 +253,7 @@ def test_a_row_not_pretrained_is_shown_apart_as_the_spread_between_machines(tmp_
     a, b = write(tmp_path, "a.json", a_rec), write(tmp_path, "b.json", b_rec)
     assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
     res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert "random" not in res["rows"] and res["carried"] == []
+    assert "random" not in res["rows"] and res["carried"] == {}
     rnd = res["unpretrained"]["random"]
     assert rnd["same_runs"] is False
     assert rnd["knn_top1"]["b_minus_a"]["difference"] == pytest.approx(0.005)
@@ -177,13 +269,13 @@ def test_a_row_not_pretrained_is_shown_apart_as_the_spread_between_machines(tmp_
     assert "share no pretrained row" in capsys.readouterr().err
     carried_pair = {**a_rec, "rows": {**a_rec["rows"], "random": b_rec["rows"]["random"]}}
     assert compare.main([str(a), str(write(tmp_path, "c.json", carried_pair))]) == 2
-    assert "nothing was pretrained again" in capsys.readouterr().err
+    assert "no row is a second backbone" in capsys.readouterr().err
 
 
 def test_records_with_nothing_pretrained_again_are_refused(tmp_path, capsys):
     a = write(tmp_path, "a.json", record(0.0, 0.0, "CPU one"))
     assert compare.main([str(a), str(a)]) == 2
-    assert "nothing was pretrained again" in capsys.readouterr().err
+    assert "no row is a second backbone" in capsys.readouterr().err
 
 
 def test_a_top1_tie_alone_is_two_backbones_not_a_carried_score(tmp_path):
@@ -195,8 +287,8 @@ def test_a_top1_tie_alone_is_two_backbones_not_a_carried_score(tmp_path):
     a, b = write(tmp_path, "a.json", a_rec), write(tmp_path, "b.json", b_rec)
     assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
     res = json.loads((tmp_path / "cmp" / "compare.json").read_text())
-    assert res["carried"] == [] and res["rows"]["simsiam_319488"]["knn_top1"]["b_minus_a"]["difference"] == 0
+    assert res["carried"] == {} and res["rows"]["simsiam_319488"]["knn_top1"]["b_minus_a"]["difference"] == 0
     b_rec["rows"]["simsiam_319488"]["knn_top5"] = 0.85  # every evaluation score the same: carried
     b = write(tmp_path, "b.json", b_rec)
     assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
-    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["carried"] == ["simsiam_319488"]
+    assert list(json.loads((tmp_path / "cmp" / "compare.json").read_text())["carried"]) == ["simsiam_319488"]

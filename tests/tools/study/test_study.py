@@ -125,7 +125,16 @@ def test_tiny_study_end_to_end_then_rerun_only_reports(tmp_path):
     assert cont.returncode == 0 and "start:" not in cont.stdout, cont.stdout[-3000:] + cont.stderr[-3000:]
     assert "imported from" in cont.stdout
     carried = json.loads((tmp_path / "fresh" / "report" / "study_results.json").read_text())
-    assert carried["rows"] == record["rows"] and carried["speedup"] == record["speedup"]
+    def scored(rows: dict) -> dict:
+        return {name: {k: v for k, v in r.items() if k != "imported"} for name, r in rows.items()}
+
+    assert scored(carried["rows"]) == scored(record["rows"]) and carried["speedup"] == record["speedup"]
+    # every carried score is marked as imported (compare tells it from a run repeated to the bit), none in
+    # the folder that ran them
+    for r in carried["rows"].values():
+        det = {inst: list(seeds) for inst, seeds in r["det"].items()}
+        assert r["imported"] == {"eval": r["knn_top1"] is not None, "det": det}
+    assert not any(r["imported"]["eval"] or r["imported"]["det"] for r in record["rows"].values())
     assert len(carried["commands"]) == len(record["commands"]) + 1
     assert all(c.get("imported_from") for c in carried["commands"][:-1])
     # another preset's folder refuses the record before anything is written
