@@ -143,16 +143,16 @@ def compare(a: dict, b: dict, pa: Path, pb: Path) -> dict:
     res.update(rows={}, unpretrained={}, methods=[], carried={})
     for name in (r for r in a["rows"] if r in b["rows"]):
         ra, rb = a["rows"][name], b["rows"][name]
+        cause, on = carried(ra, rb), [ra.get("pretrain_cpu"), rb.get("pretrain_cpu")]
         if not pretrained(ra):  # the same weights: B - A is the evaluation's spread between the machines
-            res["unpretrained"][name] = {
-                **row_change(ra, own_runs(ra, rb), insts), "same_runs": carried(ra, rb) is not None}
+            change = row_change(ra, own_runs(ra, rb), insts)
+            res["unpretrained"][name] = {**change, "same_runs": cause is not None}
             continue
-        if carried(ra, rb):
-            res["carried"][name] = {"cause": carried(ra, rb),
-                                    "pretrained_on": [ra.get("pretrain_cpu"), rb.get("pretrain_cpu")]}
+        if cause:
+            res["carried"][name] = {"cause": cause, "pretrained_on": on}
             continue
         res["rows"][name] = {
-            "pretrained_on": [ra.get("pretrain_cpu"), rb.get("pretrain_cpu")],
+            "pretrained_on": on,
             "pretrain_cpu_s": [ra.get("pretrain_cpu_s"), rb.get("pretrain_cpu_s")],
             **row_change(ra, rb, insts),
         }
@@ -186,6 +186,11 @@ def score_lines(r: dict) -> list[tuple]:
                     for k, label in TOP1.items()]
 
 
+def machines(r: dict) -> str:
+    """A row's CPU models, "A / B"."""
+    return " / ".join(str(c or "-") for c in r["pretrained_on"])
+
+
 def render(res: dict) -> list[str]:
     out = [
         "# One study's rows pretrained twice: record B against record A",
@@ -198,7 +203,7 @@ def render(res: dict) -> list[str]:
         "|---|---|---|---:|---:|---:|",
     ]
     for name, r in res["rows"].items():
-        on = " / ".join(str(c or "-") for c in r["pretrained_on"])
+        on = machines(r)
         cpu = [None if x is None else f"{x:,.0f}" for x in r["pretrain_cpu_s"]]
         ratio = f"x {r['pretrain_cpu_s'][1] / r['pretrain_cpu_s'][0]:.2f}" if None not in cpu else "-"
         lines = [("pretraining CPU s", cpu[0] or "-", cpu[1] or "-", ratio)] if cpu != [None, None] else []
@@ -206,7 +211,7 @@ def render(res: dict) -> list[str]:
         for i, (metric, x, y, d) in enumerate(lines):
             out.append(f"| {name if i == 0 else ''} | {on if i == 0 else ''} | {metric} | {x} | {y} | {d} |")
     imported = [n for n, c in res["carried"].items() if c["cause"] == "import"]
-    same = [f"{n} (pretrained on {' / '.join(str(c or '-') for c in r['pretrained_on'])})"
+    same = [f"{n} (pretrained on {machines(r)})"
             for n, r in res["carried"].items() if r["cause"] == "same"]
     if imported:
         out += ["", f"Not compared: {', '.join(imported)}, whose scores are partly carried from one record "
