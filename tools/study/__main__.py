@@ -4,6 +4,7 @@
     python -m tools.study --out runs/study                        # every part (docs/study.md: hours)
     python -m tools.study --out runs/study --part instrument      # one part: the instrument ranges first
     python -m tools.study --out runs/study --part table --rows simsiam_319488   # one row of a part
+    python -m tools.study --out runs/study --part fig5 --fig-seeds 26   # more seeds: only the new runs
     python -m tools.study --out runs/study_quick --quick          # the same pipeline at a small size
 
 Parts (tools/study/rows.py): `instrument` (random and supervised under every detection protocol: finetune,
@@ -35,7 +36,16 @@ from tools.data.subsets import SubsetError
 from tools.study import carry, report
 from tools.study.jobs import run_jobs, save_json
 from tools.study.plan import StudyError, fp32_note, plan, prepare_data
-from tools.study.rows import INSTRUMENTS, MAIN_INSTRUMENT, PARTS, PRESETS, check_preset, detections_of
+from tools.study.rows import (
+    GROWABLE,
+    INSTRUMENTS,
+    MAIN_INSTRUMENT,
+    PARTS,
+    PRESETS,
+    check_preset,
+    detections_of,
+    fixed_settings,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +93,12 @@ def main(argv: list[str] | None = None) -> int:
         "instrument (the preset's by default: enough for 0.5 AP at the measured std)",
     )
     ap.add_argument(
+        "--fig-seeds",
+        type=int,
+        help="detection seeds of Fig. 4's and Fig. 5's rows on the main instrument (the preset's by default; "
+        "docs/study.md: 26 resolve 0.5 AP between two K)",
+    )
+    ap.add_argument(
         "--det-iters",
         type=int,
         help="detectron2 iterations for every row (the instrument's size; the preset's by default)",
@@ -108,12 +124,13 @@ def main(argv: list[str] | None = None) -> int:
     p = json.loads(json.dumps(PRESETS[preset]))  # a copy, tuples as lists: as study.json stores it
     if args.det_iters:
         p["det"]["iters"] = args.det_iters
-    if args.table_seeds:
-        p["table_seeds"] = args.table_seeds
+    for name in GROWABLE:
+        if getattr(args, name):
+            p[name] = getattr(args, name)
     check_preset(p)
     out = args.out.resolve()
     try:
-        for name in ("parallel", "det_iters", "table_seeds"):
+        for name in ("parallel", "det_iters", *GROWABLE):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise StudyError(f"--{name.replace('_', '-')} must be at least 1")
         if args.rows:
@@ -132,12 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         state_path = out / "study.json"
         state = json.loads(state_path.read_text()) if state_path.exists() else {}
-        # the table's seeds may grow between invocations (resume with more); every other setting is fixed
-        fixed = {k: v for k, v in p.items() if k != "table_seeds"}
-        if (
-            state.get("preset", preset) != preset
-            or {k: v for k, v in state.get("settings", p).items() if k != "table_seeds"} != fixed
-        ):
+        # the seed counts may grow between invocations (resume with more), and a rerun without their flag
+        # keeps the folder's; every other setting is fixed
+        for name in GROWABLE:
+            if getattr(args, name) is None and name in state.get("settings", {}):
+                p[name] = state["settings"][name]
+        theirs = state.get("settings", p)
+        if state.get("preset", preset) != preset or fixed_settings(theirs) != fixed_settings(p):
             raise StudyError(
                 f"{out} holds a study with other settings (--{state['preset']}); use another --out"
             )

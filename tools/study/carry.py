@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from tools.study.jobs import save_json
+from tools.study.rows import fixed_settings
 
 
 class CarryError(Exception):
@@ -40,10 +41,8 @@ def read_record(path: Path, option: str = "--import ") -> dict:
 
 def check(rec: dict, path: Path, preset: str, p: dict, scenes_sha256: str | None = None) -> None:
     """The record's preset and settings match; and its scenes, once they are built (scenes_sha256 given)."""
-    def fixed(s: dict) -> dict:
-        return {k: v for k, v in s.items() if k != "table_seeds"}
-
-    if rec["preset"] != preset or fixed(rec["settings"]) != fixed(json.loads(json.dumps(p))):
+    ours = fixed_settings(json.loads(json.dumps(p)))  # tuples as lists, as the record stores them
+    if rec["preset"] != preset or fixed_settings(rec["settings"]) != ours:
         raise CarryError(f"--import {path}: made with other settings (--{rec['preset']} preset)")
     if scenes_sha256 is not None and (rec["scenes"] or {}).get("sha256") != scenes_sha256:
         theirs = (rec["scenes"] or {}).get("sha256")

@@ -5,8 +5,8 @@ same run on another machine or in another precision), and whether FastSiam - Sim
 
 A row's detection seeds all fine-tune one backbone, so the report's intervals hold fine-tuning noise only
 (tools/study/stats.py); a second record with the same rows pretrained again measures the pretraining run's
-share. Both records (a report's study_results.json) must come from the same preset, settings (the table's
-seed count aside) and scenes; rows in both are compared, B - A, on every detection instrument both hold
+share. Both records (a report's study_results.json) must come from the same preset, settings (the seed
+counts aside) and scenes; rows in both are compared, B - A, on every detection instrument both hold
 (whichever each record's report took as its main one). A row that is not pretrained (the random init: the
 same weights in both) is shown apart: its B - A is the evaluation's and fine-tuning's spread between the two
 machines, not a pretraining run's, over B's own runs only. A row whose scores are partly the same in both is
@@ -27,7 +27,7 @@ from tools.results.output import write_atomic
 from tools.study.carry import CarryError, read_record
 from tools.study.report import pair, scores
 from tools.study.report_text import fmt, interval, pct
-from tools.study.rows import INSTRUMENTS, pretrained
+from tools.study.rows import INSTRUMENTS, fixed_settings, pretrained
 from tools.study.stats import contrast, summary, top1_contrast
 
 
@@ -49,9 +49,9 @@ def read(path: Path) -> dict:
 
 
 def check(a: dict, b: dict, pa: Path, pb: Path) -> None:
-    """Same preset, settings (the table's seed count aside) and scenes, and a pretrained row in both."""
+    """Same preset, settings (the seed counts aside) and scenes, and a pretrained row in both."""
     def fixed(r: dict) -> tuple:
-        return r["preset"], {k: v for k, v in r["settings"].items() if k != "table_seeds"}
+        return r["preset"], fixed_settings(r["settings"])
 
     if fixed(a) != fixed(b):
         raise CompareError(f"{pb}: made with other settings than {pa} (preset or sizes)")

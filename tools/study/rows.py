@@ -38,6 +38,7 @@ MAIN_INSTRUMENT = "frozen"
 # Sizes from measurements on the 2-core machine (docs/study.md, "Design"). images: pretraining subset of
 # CIFAR-10 train; epochs: FastSiam's (the 2-view rows run twice as many); budgets: Fig. 4's fractions of it,
 # each a separate run; seeds: detection seeds of every row; table_seeds: the table's on the main instrument;
+# fig_seeds: the figures' rows' (Fig. 4 and Fig. 5) on the main instrument;
 # fig5: its own pretraining subset (a prefix of `images`), views per batch and per image (equal for every K);
 # det: detectron2 schedule (batch, iterations, lr, warmup); scenes and kNN set sizes.
 PRESETS = {
@@ -49,6 +50,9 @@ PRESETS = {
         # 0.5 AP for a difference of two table rows (stats.seeds_needed) at their frozen seed std, 1.03 pooled
         # over the four rows at 20 seeds each (supervised 1.51, random 0.94, SimSiam 0.81, FastSiam 0.65)
         table_seeds=34,
+        # Fig. 5's K at 0.5 AP need 26 at their frozen seed std (0.89 pooled over K = 1..4 at 3 seeds):
+        # `--part fig5 --fig-seeds 26` (docs/study.md); the default keeps a whole study's time in hours
+        fig_seeds=3,
         image_size=64,
         fig5=dict(ks=(1, 2, 3, 4), images=4800, views_per_batch=120, views_per_image=60, lr=0.125),
         scenes=dict(train=1000, val=250, canvas=128, min_size=32, max_size=64, max_objects=4),
@@ -63,6 +67,7 @@ PRESETS = {
         budgets=(0.25, 0.5, 1.0),
         seeds=(0, 1, 2),
         table_seeds=3,
+        fig_seeds=3,
         image_size=64,
         fig5=dict(ks=(1, 2, 3, 4), images=480, views_per_batch=120, views_per_image=60, lr=0.125),
         scenes=dict(train=300, val=100, canvas=128, min_size=32, max_size=64, max_objects=4),
@@ -78,6 +83,7 @@ PRESETS = {
         budgets=(0.5, 1.0),
         seeds=(0,),
         table_seeds=2,
+        fig_seeds=1,
         image_size=32,
         fig5=dict(ks=(1, 3), images=40, views_per_batch=8, views_per_image=4, lr=0.125),
         scenes=dict(train=6, val=4, canvas=64, min_size=16, max_size=32, max_objects=2),
@@ -87,6 +93,22 @@ PRESETS = {
         extra=["dim=64", "pred_dim=16"],
     ),
 }
+
+
+# Settings that may grow between invocations of one study (resume with more seeds), and that two records
+# compared or carried may differ in: every other setting is fixed per output folder.
+GROWABLE = ("table_seeds", "fig_seeds")
+
+
+def fixed_settings(p: dict) -> dict:
+    """The settings that must be the same for one study folder, or for two records to be compared."""
+    return {k: v for k, v in p.items() if k not in GROWABLE}
+
+
+def fig_seeds(p: dict) -> int:
+    """Detection seeds of the figures' rows on the main instrument. Records made before the setting
+    existed ran the preset's `seeds` there, 0 to n - 1."""
+    return p.get("fig_seeds", len(p["seeds"]))
 
 
 def check_preset(p: dict) -> None:
@@ -188,7 +210,7 @@ def detections_of(p: dict, parts: tuple[str, ...], main: str = MAIN_INSTRUMENT) 
                 out.update(dict.fromkeys((main, row, s) for s in range(p["table_seeds"])))
                 out.update(dict.fromkeys(("finetune", row, s) for s in p["seeds"]))
             else:  # fig4 (its full-budget point is the table's row), fig5
-                out.update(dict.fromkeys((main, row, s) for s in p["seeds"]))
+                out.update(dict.fromkeys((main, row, s) for s in range(fig_seeds(p))))
     return list(out)
 
 

@@ -62,7 +62,7 @@ def write(tmp_path, name: str, rec: dict):
 
 def test_each_row_and_the_method_difference_b_minus_a(tmp_path, capsys):
     a = write(tmp_path, "a.json", record(0.0, 0.0, "CPU one"))
-    more_seeds = {"images": 10000, "table_seeds": 9}  # the table's seed count may differ
+    more_seeds = {"images": 10000, "table_seeds": 9, "fig_seeds": 26}  # the seed counts may differ
     b_rec = record(1.0, 0.02, "CPU two", cpu_s=1500.0, sim_knn=0.385, again=True)
     b = write(tmp_path, "b.json", {**b_rec, "settings": more_seeds})
     assert compare.main([str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0

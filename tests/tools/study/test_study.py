@@ -113,6 +113,21 @@ def test_tiny_study_end_to_end_then_rerun_only_reports(tmp_path):
     assert sorted(started) == sorted(
         f"det frozen {r} seed2" for r in ("random", "supervised", "simsiam_512", "fastsiam_512")
     )
+    # one more seed of Fig. 5's rows: only those two runs; a rerun without the flag keeps the folder's count
+    more = subprocess.run(
+        cmd + ["--fig-seeds", "2", "--part", "fig5"], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert more.returncode == 0, more.stdout[-3000:] + more.stderr[-3000:]
+    started = [
+        line.split("start: ")[1].split("  (")[0] for line in more.stdout.splitlines() if "start: " in line
+    ]
+    assert sorted(started) == ["det frozen k1 seed1", "det frozen k3 seed1"]
+    same = subprocess.run(cmd + ["--part", "fig5"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert same.returncode == 0 and "start:" not in same.stdout, same.stdout[-3000:] + same.stderr[-3000:]
+    state = json.loads((out / "study.json").read_text())
+    assert state["settings"]["fig_seeds"] == 2 and state["settings"]["table_seeds"] == 3
+    res = json.loads((out / "report" / "study_results.json").read_text())
+    assert set(res["rows"]["k3"]["det"]["frozen"]) == {"0", "1"}
 
     # a fresh folder continues from the record alone (another session, no runs on disk): nothing starts and
     # the report holds the same rows, timings and commands, the carried ones marked
@@ -155,7 +170,16 @@ def test_user_mistakes_exit_2_in_one_line(tmp_path, capsys):
     assert main(["--tiny", "--det-iters", "7", "--out", str(out), "--data", str(tmp_path / "no_cifar")]) == 2
     assert capsys.readouterr().err.count("other settings") == 2
     (tmp_path / "broken.json").write_text("{not json")
-    for bad in (["--parallel", "0"], ["--table-seeds", "0"], ["--import", str(tmp_path / "broken.json")],
+    # a folder whose study.json predates a growable seed count (fig_seeds) is the same study, not refused
+    state = json.loads((out / "study.json").read_text())
+    assert state["settings"].pop("fig_seeds") == 1
+    (out / "study.json").write_text(json.dumps(state))
+    assert main(["--tiny", "--fig-seeds", "4", "--out", str(out), "--data", str(tmp_path / "no_cifar")]) == 2
+    err = capsys.readouterr().err
+    assert "tools.data.cifar10" in err and "other settings" not in err
+    assert json.loads((out / "study.json").read_text())["settings"]["fig_seeds"] == 4
+    for bad in (["--parallel", "0"], ["--table-seeds", "0"], ["--fig-seeds", "0"],
+                ["--import", str(tmp_path / "broken.json")],
                 ["--import", str(tmp_path / "missing.json")]):
         assert main(["--tiny", *bad, "--out", str(tmp_path / "x")]) == 2
         err = capsys.readouterr().err
