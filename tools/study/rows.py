@@ -51,7 +51,8 @@ PRESETS = {
         # over the four rows at 20 seeds each (supervised 1.51, random 0.94, SimSiam 0.81, FastSiam 0.65)
         table_seeds=34,
         # Fig. 5's K at 0.5 AP need 26 at their frozen seed std (0.89 pooled over K = 1..4 at 3 seeds):
-        # `--part fig5 --fig-seeds 26` (docs/study.md); the default keeps a whole study's time in hours
+        # `--part fig5 --fig-seeds 26` (docs/study.md). Not the default: 26 for Fig. 4's rows too would add
+        # 184 frozen runs, about 6 h on two cores, to a whole study
         fig_seeds=3,
         image_size=64,
         fig5=dict(ks=(1, 2, 3, 4), images=4800, views_per_batch=120, views_per_image=60, lr=0.125),
